@@ -1,0 +1,1 @@
+"""cls: batch image-classification experiments."""

@@ -1,0 +1,5 @@
+import sys
+
+from cls.cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""The `cls` command. Each subcommand lives in its own module and only calls into the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import model_info
+
+SUBCOMMANDS = {"model-info": model_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cls", description="Batch image-classification experiments.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(sub, name)
+    # Overrides (key=value) may come before or after options; argparse only takes positionals in one run.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input is the user's to fix: the message says how; a traceback would bury it.
+        print(f"cls {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
