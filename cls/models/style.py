@@ -3,7 +3,7 @@ network, §2.1) trained against a perceptual loss on a frozen ImageNet VGG-19 (�
 
 The transformation network follows Johnson et al. (2016), which seed 002 builds on: 9x9 conv, two stride-2
 downsampling convs, five residual blocks, two nearest-upsample convs, 9x9 conv; instance norm and
-reflection padding. It takes images in [0, 1] and keeps H x W for any size divisible by 4.
+reflection padding. It takes images in [0, 1] and keeps H x W for any size divisible by 4 (at least 8).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class UpsampleConv(nn.Sequential):
 
 
 class TransformerNet(nn.Module):
-    """f_W of seed 002 §2.1: (B, 3, H, W) in [0, 1] -> (B, 3, H, W); H and W must be divisible by 4."""
+    """f_W of seed 002 §2.1: (B, 3, H, W) in [0, 1] -> (B, 3, H, W); H and W divisible by 4, at least 8."""
 
     def __init__(self, channels: int = 32, residual_blocks: int = 5) -> None:
         super().__init__()
@@ -63,7 +63,8 @@ class TransformerNet(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        check_resolution("style_transformer", x, min_size=4, multiple=4)
+        # Reflection padding must be smaller than the map: 9x9 convs pad 4, the 1/4-size map's 3x3 convs pad 1.
+        check_resolution("style_transformer", x, min_size=8, multiple=4)
         return self.net(x)
 
 
