@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from . import model_info
-
-SUBCOMMANDS = {"model-info": model_info}
+# name -> module with add_parser(subparsers, name); modules import heavy dependencies inside run().
+SUBCOMMANDS = {
+    "model-info": "cls.cli.model_info",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cls", description="Batch image-classification experiments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in SUBCOMMANDS.items():
-        module.add_parser(sub, name)
+        importlib.import_module(module).add_parser(sub, name)
     # Overrides (key=value) may come before or after options; argparse only takes positionals in one run.
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
