@@ -9,6 +9,7 @@ import sys
 # name -> module with add_parser(subparsers, name); modules import heavy dependencies inside run().
 SUBCOMMANDS = {
     "model-info": "cls.cli.model_info",
+    "train": "cls.cli.train",
 }
 
 

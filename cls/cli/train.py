@@ -1,0 +1,59 @@
+"""`cls train [experiment=NAME] [overrides]`: one training run on Ray Train (a local Ray cluster, or the
+running one when RAY_ADDRESS is set). Overrides use Hydra's syntax: model.tau=0.5 trainer.epochs=3."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="one training run (Ray Train DDP)", description=__doc__)
+    p.add_argument("overrides", nargs="*", help="e.g. experiment=dnffm_cifar10 data.root=/data/cifar10 trainer.epochs=3")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--local", action="store_true", help="train in this process (one rank, no Ray): for debugging")
+    p.set_defaults(run=run)
+
+
+def resolve(overrides: list[str]) -> dict[str, Any]:
+    """The resolved config; Hydra's and OmegaConf's errors become one ValueError that says what is wrong."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cls.train.config import compose_config, to_container
+
+    try:
+        return to_container(compose_config(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = f" ({e.__cause__})".replace("\n", " ") if e.__cause__ else ""
+        raise ValueError(f"bad config: {e}{cause}".replace("\n", " ")) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    cfg = resolve(args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(cfg, sort_keys=False))
+        return 0
+    if args.local:
+        import sys
+
+        from cls.train.loop import fit
+        from cls.train.run import ensure_data, run_name
+        from cls.train.sessions import LocalSession
+
+        ensure_data(cfg)
+        cfg["trainer"]["progress"] = cfg["trainer"]["progress"] or sys.stdout.isatty()
+        run_dir = Path(cfg["trainer"]["storage"]).resolve() / (cfg["trainer"]["name"] or run_name(cfg))
+        metrics = fit(cfg, LocalSession(run_dir), run_dir)
+    else:
+        from cls.train.run import train
+
+        result = train(cfg)
+        run_dir, metrics = result.run_dir, result.metrics
+    print(f"run: {run_dir}")
+    shown = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("epoch", "train_loss")}
+    print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+    return 0

@@ -1,0 +1,113 @@
+"""The training configuration: Hydra groups that mirror the code (`model/`, `data/`, `optim/`, `trainer/`)
+plus `experiment/` presets that hold only what differs (lightning-hydra-template).
+
+Schemas are dataclasses and every `model/<name>` node is generated from the model builder's signature, so
+each option of each model can be overridden, and a misspelt key anywhere fails at composition time
+(OmegaConf struct mode) instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from cls.models import list_models, model_options
+
+CONFIG_MODULE = "cls.configs"
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str = "${oc.env:CLS_DATA_ROOT,data}/${.name}"  # a prepared dataset (cls data prepare)
+    backend: str = "dali"  # dali | torch
+    batch_size: int = 64  # per worker
+    eval_batch_size: int | None = None  # default: batch_size
+    num_workers: int = 2  # loader threads/processes per worker
+    train_split: str = "train"
+    eval_split: str = "test"
+    family: str | None = None  # transform family; default: the dataset's
+    transforms: dict[str, Any] = field(default_factory=dict)  # TransformConfig fields to override
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    step_epochs: int = 30  # step scheduler: decay every step_epochs
+    step_gamma: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    workers: int = 2  # Ray Train workers = DDP ranks
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    amp: bool = True  # bf16 autocast (GPU only)
+    channels_last: bool = True  # (GPU only)
+    loss: str = "cross_entropy"  # cross_entropy | bce | perceptual
+    label_smoothing: float = 0.0
+    max_failures: int = 0  # dead workers survived per run; each resumes from the last checkpoint
+    storage: str = "${oc.env:CLS_RUNS,runs}"  # where runs live; shared storage on a cluster
+    name: str | None = None  # run name; default: derived from the resolved config, so a rerun resumes
+    nan_check_every: int = 10  # steps between loss checks (one device sync each)
+    max_steps: int | None = None  # per epoch; for smoke runs
+    threads_per_worker: int | None = None  # torch intra-op threads; default: cpus_per_worker
+    progress: bool | None = None  # a line per epoch; default: when stdout is a terminal
+
+
+@dataclass
+class StyleConfig:
+    """The style network's training (seed 002 §3): one style image, VGG-19 perceptual loss."""
+
+    image: str | None = None  # the style image
+    content_layers: tuple[str, ...] = ("conv3_3",)
+    style_layers: tuple[str, ...] = ("conv1_2", "conv2_2", "conv3_3", "conv4_3")
+    content_weight: float = 1.0
+    style_weight: float = 1e5
+    tv_weight: float = 0.0
+    pretrained_vgg: bool = True
+
+
+def _model_node(name: str) -> dict[str, Any]:
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in model_options(name).items()}
+    if "num_classes" in options:
+        options["num_classes"] = None  # taken from the dataset's manifest unless set
+    return {"name": name, **options}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="optim", name="base_optim", node=OptimConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(name="base_style", group="style", node=StyleConfig)
+    for name in list_models():
+        cs.store(group="model", name=name, node=_model_node(name))
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """The composed, validated config for `overrides` (Hydra syntax: experiment=..., model.tau=0.5)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides or []))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain data: saved in every checkpoint and results row."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]

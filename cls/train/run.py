@@ -1,0 +1,104 @@
+"""`cls train`: one Ray Train run of a resolved config (the driver side; workers run `ray_worker`).
+
+The run's name is derived from the resolved config, so running the same command again finds the same run
+in storage and resumes it from its last checkpoint (Ray Train V2 resumes a run that is created again with
+the same RunConfig(storage_path, name)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cls.data.layout import DatasetNotPrepared, read_manifest
+
+# Keys that change where or how a run is hosted, not what it computes: they do not enter its name.
+_HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus_per_worker", "gpus_per_worker",
+                 "threads_per_worker"}
+
+# Train V2's controller polls workers every 2 s by default; with short epochs each report then blocks for
+# up to a poll interval (shared/notes/ray.md measured 2.96x on an 8-epoch loop at 0.2 s).
+DRIVER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # otherwise every worker print appears twice
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]  # the last epoch's
+
+
+def run_name(cfg: dict[str, Any]) -> str:
+    """`{model}-{data}-{hash}`: the same resolved config gives the same name on every machine."""
+    trainer = {k: v for k, v in cfg["trainer"].items() if k not in _HOSTING_KEYS}
+    identity = {**cfg, "trainer": trainer}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{cfg['model']['name']}-{cfg['data']['name']}-{digest}"
+
+
+def ensure_data(cfg: dict[str, Any]) -> None:
+    """Fail before any worker starts if the dataset is not prepared; `digits` ships with scikit-learn and
+    is prepared on the spot."""
+    data = cfg["data"]
+    try:
+        read_manifest(data["root"], data["name"])
+    except DatasetNotPrepared:
+        if data["name"] != "digits":
+            raise
+        from cls.data.prepare import prepare
+
+        prepare("digits", None, data["root"], seed=cfg["seed"])
+
+
+def connect_ray(num_cpus: float | None = None) -> None:
+    """Join the running cluster when RAY_ADDRESS names one (the SLURM bootstrap sets it); otherwise start a
+    local one. Never `address="auto"`: two clusters on one machine make it pick either."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.update({k: v for k, v in DRIVER_ENV.items() if k not in os.environ})
+    address = os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": WORKER_ENV}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+
+
+def train(cfg: dict[str, Any]) -> TrainResult:
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .ray_worker import train_loop_per_worker
+
+    trainer_cfg = cfg["trainer"]
+    if trainer_cfg["progress"] is None:
+        trainer_cfg["progress"] = sys.stdout.isatty()
+    ensure_data(cfg)
+    storage = Path(trainer_cfg["storage"]).expanduser().resolve()
+    name = trainer_cfg["name"] or run_name(cfg)
+    run_dir = storage / name
+
+    connect_ray()
+    gpus = trainer_cfg["gpus_per_worker"]
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    resources = {"CPU": trainer_cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=trainer_cfg["workers"], use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(storage_path=str(storage), name=name,
+                             failure_config=FailureConfig(max_failures=trainer_cfg["max_failures"])),
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+    )
+    result = trainer.fit()
+    return TrainResult(run_dir, dict(result.metrics or {}))

@@ -1,0 +1,83 @@
+"""The two ways a training run is hosted: a Ray Train worker (`RaySession`, the only place worker code
+touches Ray) and the current process (`LocalSession`: one rank, for smoke runs and debugging)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import CHECKPOINT_FILE
+
+
+class LocalSession:
+    """One process, no process group. Checkpoints are kept in RUN_DIR/checkpoints/epoch_XXXX/."""
+
+    rank, world_size, local_rank = 0, 1, 0
+
+    def __init__(self, run_dir: str | os.PathLike, device: str | None = None) -> None:
+        self.checkpoints = Path(run_dir) / "checkpoints"
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.reports: list[dict[str, Any]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.checkpoints.glob("epoch_*") if (p / CHECKPOINT_FILE).is_file())
+        return done[-1] if done else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        self.reports.append(metrics)
+        if checkpoint_dir is not None:
+            target = self.checkpoints / f"epoch_{metrics['epoch']:04d}"
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, partial)
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)  # a checkpoint directory is complete or absent
+
+
+class RaySession:
+    """Inside `TorchTrainer`'s train_loop_per_worker: rank and device from Ray Train, DDP via prepare_model,
+    checkpoints persisted by ray.train.report to the run's storage."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
+
+    @property
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        # DDP over the process group Ray set up (gloo on CPUs, NCCL on GPUs); a no-op for one worker.
+        return ray.train.torch.prepare_model(model)
+
+    def latest_checkpoint(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return Path(checkpoint.to_directory()) if checkpoint is not None else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)

@@ -1,0 +1,162 @@
+"""Training building blocks: metrics agree with scikit-learn, checkpoints have fixed keys and resume, a NaN
+loss names its step, configs compose and reject typos."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+from torch import nn
+
+from cls.train.checkpoint import CHECKPOINT_KEYS, load_checkpoint, restore, save_checkpoint
+from cls.train.config import compose_config, to_container
+from cls.train.engine import cross_entropy_loss, evaluate, train_one_epoch
+from cls.train.loop import build_scheduler
+from cls.train.metrics import ClassificationMetrics, class_probabilities
+from cls.train.run import run_name
+
+EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob("cls/configs/experiment/*.yaml"))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 7])
+def test_metrics_agree_with_scikit_learn(num_classes):
+    g = torch.Generator().manual_seed(num_classes)
+    logits = torch.randn(200, num_classes, generator=g)
+    labels = torch.randint(0, num_classes, (200,), generator=g)
+    logits[torch.arange(100), labels[:100]] += 2.0  # better than chance, not perfect
+    m = ClassificationMetrics(num_classes)
+    for chunk in range(0, 200, 64):  # several updates, as batches come
+        m.update(logits[chunk : chunk + 64], labels[chunk : chunk + 64])
+    values, confusion = m.compute()
+
+    y, p = labels.numpy(), torch.softmax(logits, 1).numpy()
+    pred = p.argmax(1)
+    assert values["top1"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-6)
+    assert values["precision"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0), abs=1e-5)
+    assert values["recall"] == pytest.approx(skm.recall_score(y, pred, average="macro"), abs=1e-5)
+    assert values["f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-5)
+    auc = skm.roc_auc_score(y, p[:, 1]) if num_classes == 2 else skm.roc_auc_score(y, p, multi_class="ovr")
+    assert values["auroc"] == pytest.approx(auc, abs=1e-5)
+    assert np.array_equal(confusion.numpy(), skm.confusion_matrix(y, pred, labels=range(num_classes)))
+    assert ("top5" in values) == (num_classes > 5)
+    if num_classes > 5:
+        assert values["top5"] == pytest.approx(skm.top_k_accuracy_score(y, p, k=5), abs=1e-6)
+
+
+def test_binary_logit_models_get_the_same_metrics():
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])  # one sigmoid output (seed 002 §4.2)
+    labels = torch.tensor([1, 0, 0, 0])
+    probs = class_probabilities(logits)
+    assert torch.allclose(probs[:, 1], torch.sigmoid(logits)) and torch.allclose(probs.sum(1), torch.ones(4))
+    m = ClassificationMetrics(2)
+    m.update(logits, labels)
+    values, _ = m.compute()
+    assert values["top1"] == pytest.approx(0.75)
+    assert values["auroc"] == pytest.approx(skm.roc_auc_score(labels.numpy(), torch.sigmoid(logits).numpy()))
+
+
+def test_checkpoint_has_fixed_keys_and_restores_optimizer_state(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5)
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    wrapped = nn.parallel.DistributedDataParallel.__new__(nn.parallel.DistributedDataParallel)
+    nn.Module.__init__(wrapped)
+    wrapped.module = model  # what DDP looks like from outside: state dicts must not carry 'module.'
+    path = save_checkpoint(tmp_path / "c.pt", model=wrapped, optimizer=optimizer, scheduler=scheduler, scaler=None,
+                           epoch=4, config={"seed": 1})
+    state = load_checkpoint(path)
+    assert tuple(state) == CHECKPOINT_KEYS
+    assert not any(k.startswith("module.") for k in state["model"])
+
+    model2 = nn.Linear(4, 3)
+    optimizer2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
+    scheduler2 = torch.optim.lr_scheduler.StepLR(optimizer2, 1, 0.5)
+    assert restore(state, model2, optimizer2, scheduler2) == 5  # the epoch to start from
+    assert torch.equal(model2.weight, model.weight)
+    buf = optimizer.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(optimizer2.state_dict()["state"][0]["momentum_buffer"], buf)
+    assert scheduler2.get_last_lr() == scheduler.get_last_lr()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    torch.save({"model": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match=r"not a cls checkpoint: it lacks \['optimizer'"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_nan_loss_stops_with_the_step():
+    model = nn.Linear(2, 2)
+    batches = [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1])) for _ in range(5)]
+    batches[3] = (torch.full((4, 2), float("nan")), torch.tensor([0, 1, 0, 1]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 7, step 3"):
+        train_one_epoch(model, batches, optimizer, cross_entropy_loss(), device="cpu", epoch=7, nan_check_every=2)
+
+
+def test_train_and_evaluate_report_what_they_saw():
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    y = (x[:, 0] > 0).long()
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    for epoch in range(20):
+        train = train_one_epoch(model, batches, optimizer, cross_entropy_loss(), device="cpu", epoch=epoch)
+    assert train["images"] == 64 and train["steps"] == 4 and train["top1"] > 0.9
+    values, confusion = evaluate(model, batches, cross_entropy_loss(), ClassificationMetrics(2), device="cpu")
+    assert values["images"] == 64 and values["top1"] > 0.9 and int(confusion.sum()) == 64
+
+
+def test_cosine_schedule_with_warmup():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = {"scheduler": "cosine", "warmup_epochs": 1, "step_epochs": 1, "step_gamma": 0.1}
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=10, epochs=3)
+    lrs = []
+    for _ in range(30):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up over epoch 1
+    assert lrs[10] == pytest.approx(1.0) and lrs[-1] < 0.01  # then cosine to ~0
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_composes(experiment):
+    cfg = to_container(compose_config([f"experiment={experiment}"]))
+    assert cfg["model"]["name"] and cfg["data"]["name"] and cfg["trainer"]["epochs"] >= 1
+
+
+def test_presets_carry_the_papers_settings():
+    maea = to_container(compose_config(["experiment=maea_cub200"]))
+    assert (maea["optim"]["lr"], maea["optim"]["momentum"], maea["optim"]["weight_decay"]) == (0.002, 0.9, 6e-4)
+    assert maea["data"]["batch_size"] == 16 and maea["model"]["ea"] is True  # seed 003 §4.2
+    vgg = to_container(compose_config(["experiment=vgg16_catsdogs"]))
+    assert (vgg["optim"]["lr"], vgg["trainer"]["epochs"], vgg["data"]["batch_size"]) == (1e-5, 30, 20)  # seed 002 §4.3
+    assert vgg["trainer"]["loss"] == "bce"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("model.tua=0.5", "model.tua"), ("optim.lrr=0.1", "optim.lrr"), ("experiment=dnffm_cifar1", "experiment/dnffm_cifar1"),
+     ("model=resnet51", "model/resnet51"), ("trainer.epochs=three", "trainer.epochs")],
+)
+def test_misspelt_keys_and_groups_fail(override, message):
+    with pytest.raises(Exception, match=message.replace(".", r"\.")):
+        compose_config([override])
+
+
+def test_run_name_depends_on_what_is_computed_not_where():
+    a = to_container(compose_config(["trainer.epochs=3"]))
+    b = to_container(compose_config(["trainer.epochs=3", "trainer.storage=/elsewhere", "trainer.workers=4"]))
+    c = to_container(compose_config(["trainer.epochs=4"]))
+    assert run_name(a) == run_name(b) != run_name(c)
+    assert run_name(a).startswith("dnffm-digits-")
