@@ -7,10 +7,12 @@ One directory per prepared dataset:
     ROOT/{split}_images.npy            uint8, (N, H, W, 3), RGB
     ROOT/{split}_labels.npy            int64, (N,)
     kind "jpeg" (everything else):
-    ROOT/images/{split}/{class:04d}/{name}.jpg
-    ROOT/{split}.txt                   one "images/{split}/{class:04d}/{name}.jpg LABEL" line per sample,
+    ROOT/images/{split}/{class:04d}/{name}.{jpg,png}   JPEG and PNG keep their bytes; other formats become PNG
+    ROOT/{split}.txt                   one "images/{split}/{class:04d}/{name} LABEL" line per sample,
                                        paths relative to ROOT, no spaces (DALI's file_list format)
-    ROOT/quarantine/...                source files that failed to decode, never loaded
+    ROOT/images.sha256                 per-image checksums, `sha256sum -c` format
+    ROOT/quarantine/{split}/...        copies of source files that failed to decode, never loaded; each is
+                                       listed in the manifest (path, reason, split, copy)
 
 The manifest is the commit point: a directory without one is not a prepared dataset, so an
 interrupted `prepare` never leaves something a loader would read.
@@ -21,12 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+import secrets
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+IMAGE_CHECKSUMS = "images.sha256"  # `sha256sum -c images.sha256` checks every image of a jpeg-kind dataset
 LAYOUT_VERSION = 1
 KINDS = ("array", "jpeg")
 # Default transform family per dataset kind of paper: 32-px sets (seed 000), ImageNet-style 224 px
@@ -57,11 +60,16 @@ class Manifest:
     version: int = LAYOUT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(asdict(self), indent=2)  # unsorted: splits keep their train, val, test order
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         d = json.loads(text)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise DatasetNotPrepared(
+                f"manifest has keys this cls does not know ({', '.join(unknown)}): it was written by a newer cls"
+            )
         d["splits"] = {k: SplitInfo(**v) for k, v in d["splits"].items()}
         return cls(**d)
 
@@ -101,15 +109,17 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A plain exclusive open (not mkstemp, which makes files 0600) leaves the file as readable as the umask
+    # allows: results on shared storage are read by other users.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -117,12 +127,16 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> None:
     write_atomic(Path(root) / MANIFEST, manifest.to_json().encode())
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_image_checksums(root: str | os.PathLike, image_sums: list[tuple[str, str]]) -> str:
+    """Write ROOT/images.sha256 from (relative path, sha256) pairs; returns the file's own sha256."""
+    path = Path(root) / IMAGE_CHECKSUMS
+    path.write_text("".join(f"{digest}  {rel}\n" for rel, digest in image_sums))
+    return sha256_file(path)
 
 
 def read_file_list(root: str | os.PathLike, split: str) -> list[tuple[str, int]]:
