@@ -9,6 +9,9 @@ import sys
 # name -> module with add_parser(subparsers, name); modules import heavy dependencies inside run().
 SUBCOMMANDS = {
     "model-info": "cls.cli.model_info",
+    "data": "cls.cli.data",
+    "augment": "cls.cli.augment",
+    "stylize": "cls.cli.stylize",
     "train": "cls.cli.train",
 }
 
