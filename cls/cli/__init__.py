@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "augment": "cls.cli.augment",
     "stylize": "cls.cli.stylize",
     "train": "cls.cli.train",
+    "gradcam": "cls.cli.gradcam",
 }
 
 

@@ -3,6 +3,7 @@ worker all resume through `load_checkpoint` + `restore`."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -66,6 +67,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise ValueError(f"{path} is not a cls checkpoint: it lacks {missing} (keys: {sorted(state)})")
     return state
+
+
+def state_digest(state: Any) -> str:
+    """sha256 over the tensors and numbers of a (nested) state dict, in key order: equal digests mean the
+    same optimizer state, wherever it was loaded."""
+    h = hashlib.sha256()
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=str):
+                h.update(str(key).encode())
+                visit(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item)
+        else:
+            h.update(repr(obj).encode())
+
+    visit(state)
+    return h.hexdigest()
 
 
 def restore(

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cls.data.layout import write_atomic
+from cls.data.layout import read_manifest, write_atomic
 from cls.models import build_model
 
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint, state_digest
 from .engine import LossFn, binary_cross_entropy_loss, cross_entropy_loss, evaluate, train_one_epoch
 from .metrics import ClassificationMetrics
 
@@ -64,6 +64,12 @@ class RunPaths:
 
     def epoch_file(self, epoch: int) -> Path:
         return self.epochs / f"epoch_{epoch:04d}.json"
+
+
+def read_resumes(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One record per time the run resumed from a checkpoint (restart, requeue, replaced worker)."""
+    path = Path(run_dir) / "resumes.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def read_epochs(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -112,7 +118,8 @@ def build_loss(cfg: dict[str, Any], device: torch.device) -> tuple[LossFn, bool]
     if kind == "perceptual":
         from .style import perceptual_loss
 
-        return perceptual_loss(cfg["style"], device), False
+        transforms = data_transforms(cfg["data"])
+        return perceptual_loss(cfg["style"], device, transforms.mean, transforms.std), False
     raise ValueError(f"trainer.loss must be cross_entropy, bce or perceptual, got {kind!r}")
 
 
@@ -173,7 +180,14 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
     start_epoch = 0
     resume_dir = session.latest_checkpoint()
     if resume_dir is not None:
-        start_epoch = restore(load_checkpoint(resume_dir), model, optimizer, scheduler)
+        state = load_checkpoint(resume_dir)
+        start_epoch = restore(state, model, optimizer, scheduler)
+        if session.rank == 0:  # a record of every resume: where from, and which optimizer state
+            record = {"start_epoch": start_epoch, "checkpoint": str(resume_dir),
+                      "optimizer_digest": state_digest(optimizer.state_dict()), "time": time.time()}
+            paths.root.mkdir(parents=True, exist_ok=True)
+            with open(paths.root / "resumes.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     last: dict[str, Any] = {}
     for epoch in range(start_epoch, trainer["epochs"]):
@@ -218,11 +232,10 @@ def model_from_config(model_cfg: dict[str, Any]) -> nn.Module:
 
 def data_transforms(data: dict[str, Any]):
     """The loader's TransformConfig: the configured family (or the dataset's) with `data.transforms` applied."""
-    if data["family"] is None and not data["transforms"]:
-        return None
     from cls.data.transforms import transform_config
 
-    return transform_config(data["family"], data["root"], **data["transforms"])
+    family = data["family"] or read_manifest(data["root"], data["name"]).family
+    return transform_config(family, **data["transforms"])
 
 
 def _write_confusion(path: Path, confusion: torch.Tensor, classes: list[str]) -> None:

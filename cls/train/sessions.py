@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,18 @@ class RaySession:
         return ray.train.torch.prepare_model(model)
 
     def latest_checkpoint(self) -> Path | None:
+        import pyarrow.fs
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        return Path(checkpoint.to_directory()) if checkpoint is not None else None
+        if checkpoint is None:
+            return None
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):  # local or shared storage: read in place
+            return Path(checkpoint.path)
+        # Not Checkpoint.to_directory() without a path: every worker on a node shares its temporary directory,
+        # and a worker that arrives after the first download finished downloads again over the files the
+        # first is reading (seen here as a corrupt checkpoint zip after a worker was replaced).
+        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix=f"cls-resume-rank{self.rank}-")))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train

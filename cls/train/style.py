@@ -13,9 +13,11 @@ from cls.models.style import PerceptualLoss
 from .engine import LossFn
 
 
-def perceptual_loss(style: dict[str, Any], device: torch.device) -> LossFn:
-    """(stylised output, content images, unused labels) -> loss. The loss network sees images in [0, 1]:
-    loader batches are ImageNet-normalised, so they are mapped back first."""
+def perceptual_loss(
+    style: dict[str, Any], device: torch.device, mean: tuple[float, ...] = (0.0,) * 3, std: tuple[float, ...] = (1.0,) * 3
+) -> LossFn:
+    """(stylised output, content images, unused labels) -> loss. The loss network takes images in [0, 1], so
+    the loader's normalisation (`mean`, `std`) is undone on the content images first."""
     if not style.get("image"):
         raise ValueError("the style network needs a style image: set style.image=PATH")
     loss = PerceptualLoss(
@@ -25,8 +27,11 @@ def perceptual_loss(style: dict[str, Any], device: torch.device) -> LossFn:
     image = TF.to_dtype(TF.pil_to_tensor(Image.open(style["image"]).convert("RGB")), torch.float32, scale=True)
     grams = loss.style_targets(image.unsqueeze(0).to(device))
 
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+
     def fn(outputs: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        content = images * loss.std + loss.mean  # undo the loader's normalisation
+        content = images * std_t + mean_t
         return loss(outputs, content, grams)["loss"]
 
     return fn

@@ -1,0 +1,119 @@
+"""Ray Train runs on a real local Ray cluster: learning, restart and resume, a killed worker replaced."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cls.data.layout import read_manifest
+from cls.train.checkpoint import load_checkpoint, state_digest
+from cls.train.config import compose_config, to_container
+from cls.train.loop import read_epochs, read_resumes
+
+pytestmark = pytest.mark.slow
+
+# A small registered model that learns digits in a few epochs on 2 CPU cores.
+SMALL = ["model=shufflenet_v2_x0_5", "model.small_input=cifar_stem", "optim.lr=0.05", "trainer.workers=2",
+         "trainer.cpus_per_worker=1", "trainer.nan_check_every=1"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def config(tmp_path: Path, *overrides: str) -> dict:
+    return to_container(compose_config([*SMALL, f"data.root={tmp_path / 'data' / 'digits'}",
+                                        f"trainer.storage={tmp_path / 'runs'}", *overrides]))
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_two_workers_learn_digits_to_90_percent(tmp_path, ray_cluster, backend):
+    from cls.train.run import train
+
+    result = train(config(tmp_path, f"data.backend={backend}", "trainer.epochs=8"))
+    epochs = read_epochs(result.run_dir)
+    assert [e["epoch"] for e in epochs] == list(range(8))
+    test_split = read_manifest(tmp_path / "data" / "digits").splits["test"].count
+    assert all(e["eval_images"] == test_split for e in epochs)  # every test image once, across both workers
+    assert result.metrics["eval_top1"] >= 0.90, epochs[-1]
+    assert (result.run_dir / "confusion" / "epoch_0007.csv").is_file()
+
+
+def _cli(tmp_path: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "cls", "train", *SMALL, f"data.root={tmp_path / 'data' / 'digits'}",
+            f"trainer.storage={tmp_path / 'runs'}", "data.backend=torch", *overrides]
+
+
+def _checkpoint_epochs(run_dir: Path) -> list[int]:
+    return sorted(load_checkpoint(p)["epoch"] for p in run_dir.glob("checkpoint_*/checkpoint.pt"))
+
+
+def test_a_killed_run_started_again_continues_with_the_same_optimizer_state(tmp_path):
+    command = _cli(tmp_path, "trainer.epochs=4", "trainer.name=restart")
+    run_dir = tmp_path / "runs" / "restart"
+    driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: 1 in _checkpoint_epochs(run_dir), 300, "the checkpoint of epoch 2")
+        time.sleep(1.0)  # Train V2 registers a checkpoint at its next poll (0.2 s here)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        driver.wait()
+    before = {e["epoch"]: e for e in read_epochs(run_dir)}
+    assert 2 not in before or 3 not in before, "the run finished before it was killed"
+
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=600)
+    epochs = read_epochs(run_dir)
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+    resumes = read_resumes(run_dir)
+    assert len(resumes) == 1
+    start = resumes[0]["start_epoch"]
+    assert start >= 2  # epoch 3 (index 2) at the earliest: nothing before the last checkpoint is redone
+    for e in range(start):
+        assert epochs[e] == before[e]  # finished epochs were not run again
+    resumed_from = next(p for p in run_dir.glob("checkpoint_*/checkpoint.pt") if load_checkpoint(p)["epoch"] == start - 1)
+    assert resumes[0]["optimizer_digest"] == state_digest(load_checkpoint(resumed_from)["optimizer"])
+
+
+def test_a_killed_worker_is_replaced_and_every_epoch_is_recorded_once(tmp_path, ray_cluster):
+    from cls.train.run import train
+
+    cfg = config(tmp_path, "data.backend=torch", "trainer.epochs=5", "trainer.max_failures=1", "trainer.name=faulty")
+    run_dir = tmp_path / "runs" / "faulty"
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train(cfg)), daemon=True)
+    thread.start()
+    pid_file = run_dir / "workers" / "rank1.pid"
+    wait_for(lambda: (run_dir / "epochs" / "epoch_0001.json").is_file() and pid_file.is_file(), 300, "epoch 2")
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    thread.join(600)
+    assert "result" in outcome, "the run did not finish after its worker was killed"
+    epochs = read_epochs(run_dir)
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3, 4]
+    assert len(read_resumes(run_dir)) == 1  # the replacement workers resumed from a checkpoint
+    assert outcome["result"].metrics["epoch"] == 4
+
+
+def test_a_nan_loss_fails_the_run_naming_the_step(tmp_path, ray_cluster):
+    from cls.train.run import train
+
+    with pytest.raises(Exception, match=r"loss is (nan|inf) at epoch 0, step \d+"):
+        train(config(tmp_path, "data.backend=torch", "trainer.epochs=1", "optim.lr=1e30", "trainer.name=nan"))
