@@ -61,6 +61,26 @@ def _check_finite(losses: list[Tensor], epoch: int, first_step: int) -> None:
         )
 
 
+def _forward(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    loss_fn: LossFn,
+    device: torch.device,
+    autocast: Callable[[], ContextManager],
+    channels_last: bool,
+) -> tuple[Any, Tensor, Tensor]:
+    """(outputs, loss, labels on the device) of one batch."""
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast():
+        outputs = model(images)
+        loss = loss_fn(outputs, images, labels)
+    return outputs, loss, labels
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[tuple[Tensor, Tensor]],
@@ -85,13 +105,7 @@ def train_one_epoch(
     start = time.perf_counter()
     step = -1
     for step, (images, labels) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            outputs = model(images)
-            loss = loss_fn(outputs, images, labels)
+        outputs, loss, labels = _forward(model, images, labels, loss_fn, device, autocast, channels_last)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -145,13 +159,7 @@ def evaluate(
         metrics.reset()
     sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss x n, n
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            outputs = model(images)
-            loss = loss_fn(outputs, images, labels)
+        outputs, loss, labels = _forward(model, images, labels, loss_fn, device, autocast, channels_last)
         n = labels.shape[0]
         sums += torch.stack([loss.detach().double() * n, loss.new_tensor(n, dtype=torch.float64)])
         if metrics is not None:

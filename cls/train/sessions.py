@@ -90,3 +90,67 @@ class RaySession:
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class TorchrunSession(LocalSession):
+    """Under `torchrun` (RANK, WORLD_SIZE, LOCAL_RANK in the environment): plain DDP over gloo or NCCL, without
+    Ray. The same `fit` runs here as on Ray Train, which makes it the baseline of Ray's overhead
+    (bench/train_overhead.py). Rank 0 keeps the checkpoints, as LocalSession does."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        import torch.distributed as dist
+
+        self.rank = int(os.environ["RANK"])
+        self.world_size = int(os.environ["WORLD_SIZE"])
+        self.local_rank = int(os.environ["LOCAL_RANK"])
+        gpu = torch.cuda.is_available()
+        super().__init__(run_dir, f"cuda:{self.local_rank}" if gpu else "cpu")
+        if gpu:
+            torch.cuda.set_device(self.local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if gpu else "gloo")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        ids = [self.local_rank] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def latest_checkpoint(self) -> Path | None:
+        import torch.distributed as dist
+
+        # Every rank must resume from the same epoch: rank 0 decides and tells the others.
+        found = [super().latest_checkpoint() if self.rank == 0 else None]
+        dist.broadcast_object_list(found, src=0)
+        return found[0]
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if self.rank == 0:
+            super().report(metrics, checkpoint_dir)
+
+
+def torchrun_main(argv: list[str] | None = None) -> None:
+    """`torchrun --nproc-per-node N -m cls.train.sessions [overrides]`: one run under plain DDP."""
+    import sys
+
+    from cls.cli.train import resolve
+
+    from .loop import fit
+    from .run import run_name
+
+    import torch.distributed as dist
+
+    from .run import ensure_data
+
+    cfg = resolve(list(sys.argv[1:] if argv is None else argv))
+    run_dir = Path(cfg["trainer"]["storage"]).resolve() / (cfg["trainer"]["name"] or run_name(cfg))
+    if os.environ.get("RANK") == "0":
+        ensure_data(cfg)  # one rank prepares `digits`; the others wait for it at the barrier
+    session = TorchrunSession(run_dir)
+    dist.barrier()
+    try:
+        fit(cfg, session, run_dir)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torchrun_main()

@@ -1,0 +1,44 @@
+"""Every experiment preset composes with its paper's settings and runs one training step on the CPU, on a
+tiny dataset of the kind and name it expects."""
+
+import glob
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cls.train.config import compose_config, to_container
+from cls.train.loop import fit, read_epochs
+from cls.train.sessions import LocalSession
+from prepared_fixtures import write_array_dataset, write_jpeg_dataset
+
+EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob("cls/configs/experiment/*.yaml"))
+FAMILY = {"cub200": "fine_grained", "stanford_cars": "fine_grained", "fgvc_aircraft": "fine_grained"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_preset_runs_one_step(tmp_path, experiment):
+    data = to_container(compose_config([f"experiment={experiment}"]))["data"]
+    root = tmp_path / data["name"]
+    splits = {data["train_split"]: 4, data["eval_split"]: 2}
+    if data["name"] in ("cifar10", "cifar100", "svhn", "digits"):
+        write_array_dataset(root, splits, num_classes=10, name=data["name"])
+    else:
+        write_jpeg_dataset(root, splits, num_classes=2, name=data["name"], family=FAMILY.get(data["name"], "imagenet"))
+    overrides = [f"experiment={experiment}", f"data.root={root}", "trainer.epochs=1", "trainer.max_steps=1",
+                 "data.batch_size=2", "data.num_workers=1", f"trainer.storage={tmp_path / 'runs'}", "trainer.nan_check_every=1"]
+    model = to_container(compose_config([f"experiment={experiment}"]))["model"]
+    if "pretrained" in model:
+        overrides.append("model.pretrained=false")  # nothing downloads in tests
+    if experiment == "style_network":
+        style = tmp_path / "style.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(style)
+        overrides += [f"style.image={style}", "style.pretrained_vgg=false"]
+    cfg = to_container(compose_config(overrides))
+    run_dir = tmp_path / "runs" / experiment
+    metrics = fit(cfg, LocalSession(run_dir, device="cpu"), run_dir)
+    assert metrics["epoch"] == 0 and metrics["train_steps"] == 1 and math.isfinite(metrics["train_loss"])
+    assert [e["epoch"] for e in read_epochs(run_dir)] == [0]
+    assert (run_dir / "checkpoints" / "epoch_0000" / "checkpoint.pt").is_file()
