@@ -73,8 +73,9 @@ def _transforms(config: dict[str, Any]):
         from cls.data.layout import read_manifest
 
         family = read_manifest(data["root"]).family
-    tc = transform_config(family, **data.get("transforms", {}))
-    shown = transform_config(family, **{**data.get("transforms", {}), "mean": (0.0,) * 3, "std": (1.0,) * 3})
+    overrides = {k: v for k, v in data.get("transforms", {}).items() if v is not None}
+    tc = transform_config(family, **overrides)
+    shown = transform_config(family, **{**overrides, "mean": (0.0,) * 3, "std": (1.0,) * 3})
     return build_transform(tc, train=False), build_transform(shown, train=False)
 
 

@@ -354,6 +354,13 @@ def test_cli_train_apply_score_end_to_end(src, style_image, tmp_path, capsys):
     for word in ("none", "wave", "abstract", "cat", "dog"):
         assert word in printed
 
+    # cls train writes every TransformConfig field, None where the family's default was kept
+    data["transforms"] = {"mean": None, "std": None, "size": None}
+    torch.save({"model": classifier.state_dict(), "optimizer": None, "epoch": 3,
+                "config": {"model": trained, "data": data}}, tmp_path / "run" / "checkpoint.pt")  # fmt: skip
+    assert main(argv) == 0
+    assert "normalised with mean (0.485, 0.456, 0.406)" in capsys.readouterr().out
+
     torch.save(classifier.state_dict(), tmp_path / "plain.pt")  # a bare state dict names no model
     plain = ["stylize", "score", str(src), "--weights", str(tmp_path / "plain.pt"), *styles_args, "--size", "64"]
     assert main(plain) == 2

@@ -225,7 +225,8 @@ def run_score(args: argparse.Namespace) -> int:
     # The normalisation the classifier was trained with: its run's data.transforms, else ImageNet's (the
     # default of every cls transform family).
     transforms = (config.get("data") or {}).get("transforms") or {}
-    mean, std = tuple(transforms.get("mean", IMAGENET_MEAN)), tuple(transforms.get("std", IMAGENET_STD))
+    mean = tuple(transforms.get("mean") or IMAGENET_MEAN)  # None: the run kept its family's (ImageNet) values
+    std = tuple(transforms.get("std") or IMAGENET_STD)
     if args.no_normalize:
         mean = std = None
     rows = gradcam_style_scores(

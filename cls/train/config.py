@@ -22,6 +22,21 @@ CONFIG_MODULE = "cls.configs"
 
 
 @dataclass
+class TransformOverrides:
+    """Fields of `cls.data.transforms.TransformConfig` to change from the family's defaults; None keeps them.
+    Typed here so that `data.transforms.size=64` works and `data.transforms.sise=64` fails."""
+
+    size: int | None = None
+    resize: int | None = None
+    padding: int | None = None
+    scale: tuple[float, float] | None = None
+    ratio: tuple[float, float] | None = None
+    hflip: bool | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"
     root: str = "${oc.env:CLS_DATA_ROOT,data}/${.name}"  # a prepared dataset (cls data prepare)
@@ -32,7 +47,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "test"
     family: str | None = None  # transform family; default: the dataset's
-    transforms: dict[str, Any] = field(default_factory=dict)  # TransformConfig fields to override
+    transforms: TransformOverrides = field(default_factory=TransformOverrides)
 
 
 @dataclass

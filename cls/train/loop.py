@@ -235,7 +235,7 @@ def data_transforms(data: dict[str, Any]):
     from cls.data.transforms import transform_config
 
     family = data["family"] or read_manifest(data["root"], data["name"]).family
-    return transform_config(family, **data["transforms"])
+    return transform_config(family, **{k: v for k, v in data["transforms"].items() if v is not None})
 
 
 def _write_confusion(path: Path, confusion: torch.Tensor, classes: list[str]) -> None:
