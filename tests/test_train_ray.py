@@ -27,7 +27,9 @@ SMALL = ["model=shufflenet_v2_x0_5", "model.small_input=cifar_stem", "optim.lr=0
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    from cls.train.run import connect_ray
+
+    connect_ray(num_cpus=2)  # as `cls train` starts its local cluster
     yield
     ray.shutdown()
 

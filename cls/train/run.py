@@ -23,7 +23,8 @@ _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus
 
 # Train V2's controller polls workers every 2 s by default; with short epochs each report then blocks for
 # up to a poll interval (shared/notes/ray.md measured 2.96x on an 8-epoch loop at 0.2 s).
-DRIVER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# The dashboard lists Train V2 runs and their reported metrics only with state tracking on (shared/notes/ray.md).
+DRIVER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # otherwise every worker print appears twice
 
 
@@ -64,7 +65,7 @@ def connect_ray(num_cpus: float | None = None) -> None:
         return
     os.environ.update({k: v for k, v in DRIVER_ENV.items() if k not in os.environ})
     address = os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": WORKER_ENV}
+    runtime_env = {"env_vars": {**DRIVER_ENV, **WORKER_ENV}}  # the controller is an actor too
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
