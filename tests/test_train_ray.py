@@ -119,3 +119,16 @@ def test_a_nan_loss_fails_the_run_naming_the_step(tmp_path, ray_cluster):
 
     with pytest.raises(Exception, match=r"loss is (nan|inf) at epoch 0, step \d+"):
         train(config(tmp_path, "data.backend=torch", "trainer.epochs=1", "optim.lr=1e30", "trainer.name=nan"))
+
+
+def test_the_readme_command_from_a_fresh_directory(tmp_path):
+    """`cls train experiment=dnffm_digits` with the relative defaults (data/digits, runs/): the driver prepares
+    the data where the user stands, and the workers, which run elsewhere, still find it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CLS_DATA_ROOT", "CLS_RUNS", "RAY_ADDRESS")}
+    result = subprocess.run([sys.executable, "-m", "cls", "train", "experiment=dnffm_digits", "trainer.epochs=1"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "data" / "digits" / "manifest.json").is_file()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert [e["epoch"] for e in read_epochs(run_dir)] == [0]
+    assert f"run: {run_dir}" in result.stdout

@@ -160,3 +160,16 @@ def test_run_name_depends_on_what_is_computed_not_where():
     c = to_container(compose_config(["trainer.epochs=4"]))
     assert run_name(a) == run_name(b) != run_name(c)
     assert run_name(a).startswith("dnffm-digits-")
+
+
+def test_paths_are_made_absolute_and_do_not_name_the_run(tmp_path, monkeypatch):
+    from cls.train.run import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = to_container(compose_config(["data.root=data/x", "trainer.storage=runs", "style.image=s.png"]))
+    absolute = absolute_paths(cfg)
+    assert absolute["data"]["root"] == str(tmp_path / "data" / "x")
+    assert absolute["trainer"]["storage"] == str(tmp_path / "runs") and absolute["style"]["image"] == str(tmp_path / "s.png")
+    assert cfg["data"]["root"] == "data/x"  # the caller's config is left as it was
+    moved = to_container(compose_config(["data.root=/elsewhere/x", "data.num_workers=8", "trainer.storage=runs", "style.image=s.png"]))
+    assert run_name(moved) == run_name(cfg)

@@ -41,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         from cls.train.loop import fit
-        from cls.train.run import ensure_data, run_name
+        from cls.train.run import absolute_paths, ensure_data, run_name
         from cls.train.sessions import LocalSession
 
+        cfg = absolute_paths(cfg)
         ensure_data(cfg)
         cfg["trainer"]["progress"] = cfg["trainer"]["progress"] or sys.stdout.isatty()
         run_dir = Path(cfg["trainer"]["storage"]).resolve() / (cfg["trainer"]["name"] or run_name(cfg))

@@ -20,6 +20,7 @@ from cls.data.layout import DatasetNotPrepared, read_manifest
 # Keys that change where or how a run is hosted, not what it computes: they do not enter its name.
 _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus_per_worker", "gpus_per_worker",
                  "threads_per_worker"}
+_DATA_HOSTING_KEYS = {"root", "num_workers"}  # where the data lives, how many threads read it
 
 # Train V2's controller polls workers every 2 s by default; with short epochs each report then blocks for
 # up to a poll interval (shared/notes/ray.md measured 2.96x on an 8-epoch loop at 0.2 s).
@@ -37,9 +38,23 @@ class TrainResult:
 def run_name(cfg: dict[str, Any]) -> str:
     """`{model}-{data}-{hash}`: the same resolved config gives the same name on every machine."""
     trainer = {k: v for k, v in cfg["trainer"].items() if k not in _HOSTING_KEYS}
-    identity = {**cfg, "trainer": trainer}
+    data = {k: v for k, v in cfg["data"].items() if k not in _DATA_HOSTING_KEYS}
+    identity = {**cfg, "trainer": trainer, "data": data}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg['model']['name']}-{cfg['data']['name']}-{digest}"
+
+
+def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with its paths made absolute against the driver's working directory: Ray workers and torchrun
+    ranks run elsewhere, and `data/digits` would name another directory there."""
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    cfg = {**cfg, "data": {**cfg["data"], "root": absolute(cfg["data"]["root"])},
+           "trainer": {**cfg["trainer"], "storage": absolute(cfg["trainer"]["storage"])}}
+    if cfg.get("style", {}).get("image"):
+        cfg["style"] = {**cfg["style"], "image": absolute(cfg["style"]["image"])}
+    return cfg
 
 
 def ensure_data(cfg: dict[str, Any]) -> None:
@@ -79,6 +94,7 @@ def train(cfg: dict[str, Any]) -> TrainResult:
 
     from .ray_worker import train_loop_per_worker
 
+    cfg = absolute_paths(cfg)
     trainer_cfg = cfg["trainer"]
     if trainer_cfg["progress"] is None:
         trainer_cfg["progress"] = sys.stdout.isatty()

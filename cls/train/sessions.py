@@ -138,9 +138,9 @@ def torchrun_main(argv: list[str] | None = None) -> None:
 
     import torch.distributed as dist
 
-    from .run import ensure_data
+    from .run import absolute_paths, ensure_data
 
-    cfg = resolve(list(sys.argv[1:] if argv is None else argv))
+    cfg = absolute_paths(resolve(list(sys.argv[1:] if argv is None else argv)))
     run_dir = Path(cfg["trainer"]["storage"]).resolve() / (cfg["trainer"]["name"] or run_name(cfg))
     if os.environ.get("RANK") == "0":
         ensure_data(cfg)  # one rank prepares `digits`; the others wait for it at the barrier
