@@ -1,0 +1,18 @@
+"""The results store: a hive-partitioned Parquet dataset of sweeps (layout and design in store.py).
+
+    from cls.results import ResultsWriter, load, aggregate
+    w = ResultsWriter(root, sweep="lr-scan", trial_id="t0001")       # on rank 0 of the trial
+    w.write_epoch(epoch, metrics)                                      # each epoch
+    w.write_trial({**flatten_config(cfg), **summarize(epochs), "status": "finished", ...})
+    compact(root, "lr-scan")                                           # when the sweep is done
+    aggregate(load(root, "trials", sweep="lr-scan"), ["model.name", "optim.lr"], "final_eval_top1")
+
+Plain `pandas.read_parquet(f"{root}/trials")` and `.../epochs` work too (with a `sweep` column).
+"""
+
+from .read import aggregate, load
+from .store import STATUSES, compact
+from .writer import ResultsWriter, environment, flatten_config, summarize
+
+__all__ = ["ResultsWriter", "STATUSES", "aggregate", "compact", "environment", "flatten_config", "load",
+           "summarize"]

@@ -1,0 +1,114 @@
+"""Writing one trial into the results store: `ResultsWriter` (rank 0 of the trial only), `flatten_config`,
+`summarize` (final and best metrics) and `environment` (host, git commit, library versions)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .store import STATUSES, WRITTEN_AT, check_name, concat, live_file, read_file, write_table_atomic
+
+
+class ResultsWriter:
+    """Writes the rows of trial `trial_id` of `sweep` under `root`. Own one per trial, on its rank 0: each
+    write rewrites the trial's live file atomically (see store.py), so a write is all-or-nothing."""
+
+    def __init__(self, root: str | os.PathLike, sweep: str, trial_id: str):
+        self.root, self.sweep, self.trial_id = Path(root), check_name("sweep", sweep), check_name("trial", trial_id)
+
+    def write_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """Record `epoch`'s metrics (numbers; None -> NaN); a re-run epoch replaces the earlier row."""
+        row = {"trial_id": self.trial_id, "epoch": int(epoch)}
+        for k, v in metrics.items():
+            if k in ("trial_id", "epoch", WRITTEN_AT):
+                continue
+            if v is not None and not isinstance(v, (int, float)):
+                raise TypeError(f"metric {k!r} must be a number, got {type(v).__name__}")
+            # All metrics float64, whatever Python type they came as, so files agree on each column's type.
+            row[k] = math.nan if v is None else float(v)
+        row[WRITTEN_AT] = time.time_ns()
+        new = pa.Table.from_pylist([row])
+        path = live_file(self.root, "epochs", self.sweep, self.trial_id)
+        old = read_file(path)
+        if old is not None:
+            old = old.filter(pc.field("epoch") != row["epoch"])
+            new = concat([old, new]).sort_by("epoch")
+        write_table_atomic(path, new)
+
+    def write_trial(self, row: Mapping[str, Any]) -> None:
+        """Record the trial's summary row (replacing the previous one): typically `flatten_config(cfg)`,
+        `summarize(epochs)`, status, wall_s, gpu_hours. Host, git commit and versions are added if absent."""
+        status = row.get("status")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        full = {"trial_id": self.trial_id, **environment(), **{k: _cell(k, v) for k, v in row.items()}}
+        full["trial_id"], full[WRITTEN_AT] = self.trial_id, time.time_ns()
+        write_table_atomic(live_file(self.root, "trials", self.sweep, self.trial_id), pa.Table.from_pylist([full]))
+
+
+def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"name": "dnffm", "tau": 0.5}} -> {"model.name": "dnffm", "model.tau": 0.5}.
+
+    Lists and tuples become JSON strings ("[0.9, 0.999]"): a string column groups, compares and unifies
+    across trials, where list columns do not (pandas cannot group by a list)."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = _cell(name, value)
+    return flat
+
+
+def _cell(name: str, value: Any) -> Any:
+    if isinstance(value, (list, tuple, Mapping)):
+        return json.dumps(value, default=str)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # paths, enums: their text is what one filters on
+
+
+def summarize(epochs: list[Mapping[str, Any]]) -> dict[str, float]:
+    """final_{m} (last epoch) and best_{m} (min for losses, max for everything else) of each metric."""
+    out: dict[str, float] = {}
+    if not epochs:
+        return out
+    ordered = sorted(epochs, key=lambda e: e["epoch"])
+    for name in ordered[-1]:
+        if name in ("epoch", "trial_id", WRITTEN_AT):
+            continue
+        values = [float(e[name]) for e in ordered if isinstance(e.get(name), (int, float)) and not math.isnan(e[name])]
+        if values:
+            out[f"final_{name}"] = float(ordered[-1][name])
+            out[f"best_{name}"] = min(values) if "loss" in name else max(values)
+    return out
+
+
+@functools.cache
+def environment() -> dict[str, str | None]:
+    """Where and with what a trial ran: host, git commit of this checkout, torch / ray / cls versions."""
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"host": socket.gethostname(), "git_commit": commit, "torch_version": version("torch"),
+            "ray_version": version("ray"), "cls_version": version("cls")}
