@@ -1,6 +1,7 @@
 """Ray Train runs on a real local Ray cluster: learning, restart and resume, a killed worker replaced."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,11 +115,14 @@ def test_a_killed_worker_is_replaced_and_every_epoch_is_recorded_once(tmp_path, 
     assert outcome["result"].metrics["epoch"] == 4
 
 
-def test_a_nan_loss_fails_the_run_naming_the_step(tmp_path, ray_cluster):
-    from cls.train.run import train
+def test_a_nan_loss_fails_the_run_naming_the_step(tmp_path, ray_cluster, capsys):
+    from cls.cli import main
 
-    with pytest.raises(Exception, match=r"loss is (nan|inf) at epoch 0, step \d+"):
-        train(config(tmp_path, "data.backend=torch", "trainer.epochs=1", "optim.lr=1e30", "trainer.name=nan"))
+    argv = ["train", *SMALL, f"data.root={tmp_path / 'data' / 'digits'}", f"trainer.storage={tmp_path / 'runs'}",
+            "data.backend=torch", "trainer.epochs=1", "optim.lr=1e30", "trainer.name=nan"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"cls train: training failed: .*loss is (nan|inf) at epoch 0, step \d+", err, re.S), err[-2000:]
 
 
 def test_the_readme_command_from_a_fresh_directory(tmp_path):

@@ -50,9 +50,18 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(cfg["trainer"]["storage"]).resolve() / (cfg["trainer"]["name"] or run_name(cfg))
         metrics = fit(cfg, LocalSession(run_dir), run_dir)
     else:
+        import sys
+
+        from ray.train import TrainingFailedError
+
         from cls.train.run import train
 
-        result = train(cfg)
+        try:
+            result = train(cfg)
+        except TrainingFailedError as e:
+            # The workers' own error (with their traceback snippet) is what to read, not the driver's stack.
+            print(f"cls train: training failed: {e}", file=sys.stderr)
+            return 1
         run_dir, metrics = result.run_dir, result.metrics
     print(f"run: {run_dir}")
     shown = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("epoch", "train_loss")}
