@@ -5,7 +5,7 @@ transforms, so the map is of what the model saw."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,10 +17,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from cls.data.stylize import find_target_layer
 from cls.data.torch_loader import build_transform
-from cls.data.transforms import transform_config
 from cls.models.finegrained import FineGrainedResNet
 from cls.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from cls.train.loop import model_from_config
+from cls.train.loop import data_transforms, model_from_config
 
 
 @dataclass
@@ -67,16 +66,9 @@ def default_target_layer(model: nn.Module, example: Tensor) -> nn.Module:
 
 
 def _transforms(config: dict[str, Any]):
-    data = config["data"]
-    family = data.get("family")
-    if family is None:
-        from cls.data.layout import read_manifest
-
-        family = read_manifest(data["root"]).family
-    overrides = {k: v for k, v in data.get("transforms", {}).items() if v is not None}
-    tc = transform_config(family, **overrides)
-    shown = transform_config(family, **{**overrides, "mean": (0.0,) * 3, "std": (1.0,) * 3})
-    return build_transform(tc, train=False), build_transform(shown, train=False)
+    """The run's evaluation transform, and the same without normalisation (for display)."""
+    tc = data_transforms(config["data"])
+    return build_transform(tc, train=False), build_transform(replace(tc, mean=(0.0,) * 3, std=(1.0,) * 3), train=False)
 
 
 def gradcam(run: LoadedRun, images: Sequence[Tensor], layer: str | None = None) -> list[dict[str, Any]]:

@@ -173,3 +173,12 @@ def test_paths_are_made_absolute_and_do_not_name_the_run(tmp_path, monkeypatch):
     assert cfg["data"]["root"] == "data/x"  # the caller's config is left as it was
     moved = to_container(compose_config(["data.root=/elsewhere/x", "data.num_workers=8", "trainer.storage=runs", "style.image=s.png"]))
     assert run_name(moved) == run_name(cfg)
+
+
+def test_transform_overrides_mirror_transform_config():
+    from dataclasses import fields
+
+    from cls.data.transforms import TransformConfig
+    from cls.train.config import TransformOverrides
+
+    assert {f.name for f in fields(TransformOverrides)} == {f.name for f in fields(TransformConfig)} - {"family"}

@@ -161,7 +161,9 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
 
     # What the run resolved at start (the class count and names from the manifest) is part of the config
     # saved with every checkpoint, so a checkpoint alone rebuilds its model (cls gradcam).
-    cfg = {**cfg, "data": {**data, "classes": classes}, "model": dict(cfg["model"])}
+    # ... and the transform family, so evaluation transforms are known without the dataset at hand.
+    cfg = {**cfg, "data": {**data, "classes": classes, "family": loader_args["transforms"].family},
+           "model": dict(cfg["model"])}
     if cfg["model"].get("num_classes", 0) is None:
         cfg["model"]["num_classes"] = len(classes)
     model = model_from_config(cfg["model"]).to(device)
