@@ -182,3 +182,15 @@ def test_transform_overrides_mirror_transform_config():
     from cls.train.config import TransformOverrides
 
     assert {f.name for f in fields(TransformOverrides)} == {f.name for f in fields(TransformConfig)} - {"family"}
+
+
+def test_a_run_larger_than_the_cluster_fails_before_it_starts():
+    from cls.train.run import check_resources
+
+    check_resources(2, {"CPU": 1.0}, {"CPU": 2.0})
+    with pytest.raises(ValueError, match=r"asks for 3 CPU \(3 workers x 1\) but the Ray cluster has 2"):
+        check_resources(3, {"CPU": 1.0}, {"CPU": 2.0})
+    with pytest.raises(ValueError, match=r"asks for 2 GPU .* has 0"):
+        check_resources(2, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 8.0})
+    with pytest.raises(ValueError, match="trainer.workers must be at least 1"):
+        check_resources(0, {"CPU": 1.0}, {"CPU": 2.0})

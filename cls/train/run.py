@@ -87,6 +87,19 @@ def connect_ray(num_cpus: float | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
 
 
+def check_resources(workers: int, per_worker: dict[str, float], cluster: dict[str, float]) -> None:
+    """Fail before starting when the cluster cannot ever host the run: Ray would wait for resources forever."""
+    if workers < 1:
+        raise ValueError(f"trainer.workers must be at least 1, got {workers}")
+    for kind, amount in per_worker.items():
+        need, have = workers * amount, cluster.get(kind, 0.0)
+        if need > have:
+            raise ValueError(
+                f"the run asks for {need:g} {kind} ({workers} workers x {amount:g}) but the Ray cluster has {have:g}: "
+                f"lower trainer.workers or trainer.{kind.lower()}s_per_worker, or run on a larger allocation"
+            )
+
+
 def train(cfg: dict[str, Any]) -> TrainResult:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -108,6 +121,7 @@ def train(cfg: dict[str, Any]) -> TrainResult:
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     resources = {"CPU": trainer_cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
+    check_resources(trainer_cfg["workers"], resources, ray.cluster_resources())
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "run_dir": str(run_dir)},
