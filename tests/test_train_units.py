@@ -158,8 +158,17 @@ def test_run_name_depends_on_what_is_computed_not_where():
     a = to_container(compose_config(["trainer.epochs=3"]))
     b = to_container(compose_config(["trainer.epochs=3", "trainer.storage=/elsewhere", "trainer.workers=4"]))
     c = to_container(compose_config(["trainer.epochs=4"]))
-    assert run_name(a) == run_name(b) != run_name(c)
+    d = to_container(compose_config(["trainer.epochs=3", "results.root=/r", "results.sweep=s2"]))
+    assert run_name(a) == run_name(b) == run_name(d) != run_name(c)
     assert run_name(a).startswith("dnffm-digits-")
+
+
+def test_run_name_tells_expanded_copies_of_a_dataset_apart():
+    # Seed 002 Table 2 compares one dataset (data.name cats_vs_dogs) expanded into different directories.
+    plain, styled, moved = (to_container(compose_config([f"data.root={root}"]))
+                            for root in ("/d/cats_vs_dogs", "/d/cats_vs_dogs-style", "/scratch/cats_vs_dogs"))
+    assert run_name(plain) != run_name(styled)
+    assert run_name(plain) == run_name(moved)
 
 
 def test_paths_are_made_absolute_and_do_not_name_the_run(tmp_path, monkeypatch):

@@ -14,6 +14,9 @@ SUBCOMMANDS = {
     "stylize": "cls.cli.stylize",
     "train": "cls.cli.train",
     "gradcam": "cls.cli.gradcam",
+    "sweep": "cls.cli.sweep",
+    "results": "cls.cli.results",
+    "report": "cls.cli.report",
 }
 
 

@@ -4,7 +4,6 @@ running one when RAY_ADDRESS is set). Overrides use Hydra's syntax: model.tau=0.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 
@@ -41,14 +40,14 @@ def run(args: argparse.Namespace) -> int:
         import sys
 
         from cls.train.loop import fit
-        from cls.train.run import absolute_paths, ensure_data, run_name
+        from cls.train.run import absolute_paths, ensure_data, run_dir
         from cls.train.sessions import LocalSession
 
         cfg = absolute_paths(cfg)
         ensure_data(cfg)
         cfg["trainer"]["progress"] = cfg["trainer"]["progress"] or sys.stdout.isatty()
-        run_dir = Path(cfg["trainer"]["storage"]).resolve() / (cfg["trainer"]["name"] or run_name(cfg))
-        metrics = fit(cfg, LocalSession(run_dir), run_dir)
+        directory = run_dir(cfg)
+        metrics = fit(cfg, LocalSession(directory), directory)
     else:
         import sys
 
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
             # The workers' own error (with their traceback snippet) is what to read, not the driver's stack.
             print(f"cls train: training failed: {e}", file=sys.stderr)
             return 1
-        run_dir, metrics = result.run_dir, result.metrics
-    print(f"run: {run_dir}")
+        directory, metrics = result.run_dir, result.metrics
+    print(f"run: {directory}")
     shown = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("epoch", "train_loss")}
     print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
     return 0

@@ -10,9 +10,9 @@
 Plain `pandas.read_parquet(f"{root}/trials")` and `.../epochs` work too (with a `sweep` column).
 """
 
-from .read import aggregate, load
+from .read import aggregate, format_summary, load, summary
 from .store import STATUSES, compact
-from .writer import ResultsWriter, environment, flatten_config, summarize
+from .writer import ResultsWriter, TrialRecord, environment, flatten_config, summarize
 
-__all__ = ["ResultsWriter", "STATUSES", "aggregate", "compact", "environment", "flatten_config", "load",
-           "summarize"]
+__all__ = ["ResultsWriter", "STATUSES", "TrialRecord", "aggregate", "compact", "environment", "flatten_config",
+           "format_summary", "load", "summarize", "summary"]

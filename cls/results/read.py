@@ -84,3 +84,59 @@ def aggregate(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     Columns: *by, mean, std, count."""
     grouped = df.groupby(by, dropna=False, sort=True)[metric]
     return grouped.agg(["mean", "std", "count"]).reset_index()
+
+
+SEED_AXIS = "axis.seed"
+_DONE = ("finished", "stopped")
+
+
+def summary(trials: pd.DataFrame, metric: str = "eval_top1", by: list[str] | None = None) -> pd.DataFrame:
+    """The table a sweep is read by: one row per configuration (by default the sweep's axes other than the
+    seed), the final and best `metric` as mean, std and count over its finished or stopped trials.
+    Columns: *by, final_mean, final_std, best_mean, best_std, n."""
+    done = trials[trials["status"].isin(_DONE)] if "status" in trials else trials.iloc[0:0]
+    if by is None:
+        by = configuration_columns(trials)
+    missing = [c for c in [*by, f"final_{metric}", f"best_{metric}"] if c not in trials.columns]
+    if missing:
+        have = sorted(c for c in trials.columns if c.startswith(("final_", "best_", "axis.")))
+        raise ValueError(f"no column {missing[0]!r} in the trials table; columns to use: {have}")
+    final = aggregate(done, by, f"final_{metric}").rename(columns={"mean": "final_mean", "std": "final_std"})
+    best = aggregate(done, by, f"best_{metric}").rename(columns={"mean": "best_mean", "std": "best_std"})
+    table = final.drop(columns="count").merge(best, on=by).rename(columns={"count": "n"})
+    return table.sort_values("final_mean", ascending=False, ignore_index=True)
+
+
+def format_summary(table: pd.DataFrame, metric: str) -> str:
+    """`summary` as text: mean ± std per cell (std blank for one seed)."""
+    def cell(mean: float, std: float) -> str:
+        return f"{mean:.4f}" + (f" ± {std:.4f}" if pd.notna(std) else "")
+
+    shown = table.drop(columns=["final_mean", "final_std", "best_mean", "best_std"]).copy()
+    shown.insert(len(shown.columns) - 1, f"final {metric}", [cell(m, s) for m, s in
+                                                            zip(table["final_mean"], table["final_std"])])
+    shown.insert(len(shown.columns) - 1, f"best {metric}", [cell(m, s) for m, s in
+                                                           zip(table["best_mean"], table["best_std"])])
+    return shown.to_string(index=False)
+
+
+# Config columns that say where or how a trial ran, not what it computed: never what sets configurations apart.
+_HOSTING = ("trainer.storage", "trainer.name", "trainer.progress", "trainer.max_failures", "trainer.workers",
+            "trainer.cpus_per_worker", "trainer.gpus_per_worker", "trainer.threads_per_worker",
+            "data.num_workers", "results.", "seed")
+_NOT_CONFIG = ("sweep", "trial_id", "experiment", "status", "error", "epochs_done", "attempts", "wall_s",
+               "gpu_hours", "host", "git_commit", WRITTEN_AT)
+
+
+def configuration_columns(trials: pd.DataFrame) -> list[str]:
+    """The columns that tell a sweep's configurations apart (seeds of one configuration are averaged): its
+    axes but the seed, plus any other config column that varies without being set by the axes (the same
+    sweep run again with a different trainer.epochs, say)."""
+    axes = sorted(c for c in trials.columns if c.startswith("axis.") and c != SEED_AXIS)
+    config = [c for c in trials.columns
+              if c not in _NOT_CONFIG and not c.startswith(("axis.", "final_", "best_", *_HOSTING))
+              and not c.endswith("_version") and trials[c].nunique(dropna=False) > 1]
+    if axes:
+        determined = trials.groupby(axes, dropna=False)[config].nunique(dropna=False).max() if config else {}
+        config = [c for c in config if c not in {a[len("axis."):] for a in axes} and determined[c] > 1]
+    return [*axes, *sorted(config)] or ["sweep"]

@@ -56,6 +56,11 @@ _SWEEP = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 _TRIAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+def default_root() -> str:
+    """The store's root when none is given: $CLS_RESULTS, else ./results (as the `results.root` config)."""
+    return os.environ.get("CLS_RESULTS", "results")
+
+
 def check_name(kind: str, name: str) -> str:
     pattern = _SWEEP if kind == "sweep" else _TRIAL
     if not isinstance(name, str) or not pattern.fullmatch(name):

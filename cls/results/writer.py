@@ -29,7 +29,22 @@ class ResultsWriter:
 
     def write_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Record `epoch`'s metrics (numbers; None -> NaN); a re-run epoch replaces the earlier row."""
-        row = {"trial_id": self.trial_id, "epoch": int(epoch)}
+        self.write_epochs([{**metrics, "epoch": epoch}])
+
+    def write_epochs(self, rows: list[Mapping[str, Any]]) -> None:
+        """Record several epochs in one rewrite (each row holds its "epoch"), e.g. a resumed run's backfill."""
+        if not rows:
+            return
+        new = pa.Table.from_pylist([self._epoch_row(r) for r in rows])
+        path = live_file(self.root, "epochs", self.sweep, self.trial_id)
+        old = read_file(path)
+        if old is not None:
+            old = old.filter(~pc.field("epoch").isin(new.column("epoch")))
+            new = concat([old, new])
+        write_table_atomic(path, new.sort_by("epoch"))
+
+    def _epoch_row(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        row = {"trial_id": self.trial_id, "epoch": int(metrics["epoch"])}
         for k, v in metrics.items():
             if k in ("trial_id", "epoch", WRITTEN_AT):
                 continue
@@ -38,13 +53,17 @@ class ResultsWriter:
             # All metrics float64, whatever Python type they came as, so files agree on each column's type.
             row[k] = math.nan if v is None else float(v)
         row[WRITTEN_AT] = time.time_ns()
-        new = pa.Table.from_pylist([row])
-        path = live_file(self.root, "epochs", self.sweep, self.trial_id)
-        old = read_file(path)
-        if old is not None:
-            old = old.filter(pc.field("epoch") != row["epoch"])
-            new = concat([old, new]).sort_by("epoch")
-        write_table_atomic(path, new)
+        return row
+
+    def read(self, table: str) -> list[dict[str, Any]]:
+        """This trial's rows of `table` so far (epochs in order), from its live file and any compacted part."""
+        from .read import load  # read.py imports store.py, as this module does
+
+        frame = load(self.root, table, sweep=self.sweep, filters=[("trial_id", "==", self.trial_id)])
+        frame = frame.drop(columns=["sweep", WRITTEN_AT], errors="ignore")
+        if table == "epochs" and "epoch" in frame:
+            frame = frame.sort_values("epoch")
+        return frame.to_dict("records")
 
     def write_trial(self, row: Mapping[str, Any]) -> None:
         """Record the trial's summary row (replacing the previous one): typically `flatten_config(cfg)`,
@@ -55,6 +74,43 @@ class ResultsWriter:
         full = {"trial_id": self.trial_id, **environment(), **{k: _cell(k, v) for k, v in row.items()}}
         full["trial_id"], full[WRITTEN_AT] = self.trial_id, time.time_ns()
         write_table_atomic(live_file(self.root, "trials", self.sweep, self.trial_id), pa.Table.from_pylist([full]))
+
+
+class TrialRecord:
+    """The `trials` row of one run, kept by the process that hosts the run (the `cls train` driver, or the
+    sweep driver for each of its trials): `start()` marks it running, `end(status)` closes it.
+
+    wall_s and gpu_hours add up over attempts (a resumed trial continues the sum of its earlier row); an
+    attempt whose driver was killed never wrote its end, so its time is not counted."""
+
+    def __init__(self, cfg: Mapping[str, Any], trial_id: str, gpus_per_worker: float,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        self.writer = ResultsWriter(cfg["results"]["root"], cfg["results"]["sweep"], trial_id)
+        self.config = flatten_config(cfg)
+        self.gpus = cfg["trainer"]["workers"] * gpus_per_worker
+        self.extra = dict(extra or {})
+        self.prior_wall_s, self.attempts, self.started = 0.0, 0, time.time()
+
+    def start(self) -> None:
+        previous = self.writer.read("trials")
+        if previous:
+            self.prior_wall_s = float(previous[0].get("wall_s") or 0.0)
+            self.attempts = int(previous[0].get("attempts") or 0)
+        self.attempts += 1
+        self.started = time.time()
+        self._write("running", None, 0.0)
+
+    def end(self, status: str, error: str | None = None) -> None:
+        self._write(status, error, time.time() - self.started)
+
+    def _write(self, status: str, error: str | None, elapsed: float) -> None:
+        epochs = self.writer.read("epochs")
+        wall_s = self.prior_wall_s + elapsed
+        self.writer.write_trial({
+            **self.config, **self.extra, **summarize(epochs),
+            "status": status, "error": error, "epochs_done": len(epochs), "attempts": self.attempts,
+            "wall_s": wall_s, "gpu_hours": wall_s * self.gpus / 3600,
+        })
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,7 +143,7 @@ def summarize(epochs: list[Mapping[str, Any]]) -> dict[str, float]:
         return out
     ordered = sorted(epochs, key=lambda e: e["epoch"])
     for name in ordered[-1]:
-        if name in ("epoch", "trial_id", WRITTEN_AT):
+        if name in ("epoch", "trial_id", "sweep", WRITTEN_AT):
             continue
         values = [float(e[name]) for e in ordered if isinstance(e.get(name), (int, float)) and not math.isnan(e[name])]
         if values:

@@ -96,6 +96,15 @@ class StyleConfig:
     pretrained_vgg: bool = True
 
 
+@dataclass
+class ResultsConfig:
+    """Where the run's rows go in the Parquet results store (cls/results/): rank 0 writes one `epochs` row per
+    epoch, the driver one `trials` row per run. Where results are written does not change the run's name."""
+
+    root: str = "${oc.env:CLS_RESULTS,results}"  # the store; shared storage on a cluster
+    sweep: str = "train"  # the store's partition; `cls sweep` sets it to the sweep's name
+
+
 def _model_node(name: str) -> dict[str, Any]:
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in model_options(name).items()}
     if "num_classes" in options:
@@ -109,6 +118,7 @@ def register_configs() -> None:
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     cs.store(name="base_style", group="style", node=StyleConfig)
+    cs.store(name="base_results", group="results", node=ResultsConfig)
     for name in list_models():
         cs.store(group="model", name=name, node=_model_node(name))
 

@@ -4,7 +4,8 @@ lives here, so the same code runs under Ray Train (`cls.train.ray_worker`) and i
 Each epoch rank 0 writes, atomically, into the run directory:
     epochs/epoch_{E:04d}.json      the epoch's metrics (idempotent: a re-run epoch overwrites its file)
     confusion/epoch_{E:04d}.csv    the evaluation confusion matrix (rows: true class)
-and hands a checkpoint (fixed keys, see checkpoint.py) to the session, which persists it.
+and the epoch's row into the results store (`cfg["results"]`, trial id = the run directory's name), then
+hands a checkpoint (fixed keys, see checkpoint.py) to the session, which persists it.
 """
 
 from __future__ import annotations
@@ -191,6 +192,12 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
             with open(paths.root / "resumes.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    store = _results_writer(cfg, paths) if session.rank == 0 else None
+    if store is not None and start_epoch > 0:
+        # The epochs done before this resume belong to the store too: a killed run may have died between its
+        # JSON and its row, and the same trial run under another sweep name resumes with nothing left to run.
+        store.write_epochs([e for e in read_epochs(paths.root) if e["epoch"] < start_epoch])
+
     last: dict[str, Any] = {}
     for epoch in range(start_epoch, trainer["epochs"]):
         started = time.perf_counter()
@@ -216,6 +223,8 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
         with contextlib.ExitStack() as stack:
             if session.rank == 0:  # only rank 0 writes files
                 write_atomic(paths.epoch_file(epoch), json.dumps(last, sort_keys=True).encode())
+                if store is not None:
+                    store.write_epoch(epoch, last)
                 if confusion is not None:
                     _write_confusion(paths.confusion / f"epoch_{epoch:04d}.csv", confusion, classes)
                 checkpoint_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cls-ckpt-")))
@@ -225,6 +234,13 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
                     print(progress_line(last, trainer["epochs"], classification), flush=True)
             session.report(last, checkpoint_dir)
     return last
+
+
+def _results_writer(cfg: dict[str, Any], paths: RunPaths):
+    from cls.results import ResultsWriter
+
+    results = cfg.get("results")
+    return ResultsWriter(results["root"], results["sweep"], paths.root.name) if results else None
 
 
 def model_from_config(model_cfg: dict[str, Any]) -> nn.Module:

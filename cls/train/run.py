@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from cls.data.layout import DatasetNotPrepared, read_manifest
 
@@ -21,6 +21,7 @@ from cls.data.layout import DatasetNotPrepared, read_manifest
 _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus_per_worker", "gpus_per_worker",
                  "threads_per_worker"}
 _DATA_HOSTING_KEYS = {"root", "num_workers"}  # where the data lives, how many threads read it
+_TOP_HOSTING_KEYS = {"results"}  # where its rows are written
 
 # Train V2's controller polls workers every 2 s by default; with short epochs each report then blocks for
 # up to a poll interval (shared/notes/ray.md measured 2.96x on an 8-epoch loop at 0.2 s).
@@ -39,7 +40,10 @@ def run_name(cfg: dict[str, Any]) -> str:
     """`{model}-{data}-{hash}`: the same resolved config gives the same name on every machine."""
     trainer = {k: v for k, v in cfg["trainer"].items() if k not in _HOSTING_KEYS}
     data = {k: v for k, v in cfg["data"].items() if k not in _DATA_HOSTING_KEYS}
-    identity = {**cfg, "trainer": trainer, "data": data}
+    # ... but which dataset directory it is does: `cls augment` / `cls stylize` write expanded copies of one
+    # dataset (same data.name) into their own directories, and seed 002's Table 2 compares exactly those.
+    data["dir"] = Path(cfg["data"]["root"]).name
+    identity = {**{k: v for k, v in cfg.items() if k not in _TOP_HOSTING_KEYS}, "trainer": trainer, "data": data}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{cfg['model']['name']}-{cfg['data']['name']}-{digest}"
 
@@ -52,9 +56,17 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
 
     cfg = {**cfg, "data": {**cfg["data"], "root": absolute(cfg["data"]["root"])},
            "trainer": {**cfg["trainer"], "storage": absolute(cfg["trainer"]["storage"])}}
+    if "results" in cfg:
+        cfg["results"] = {**cfg["results"], "root": absolute(cfg["results"]["root"])}
     if cfg.get("style", {}).get("image"):
         cfg["style"] = {**cfg["style"], "image": absolute(cfg["style"]["image"])}
     return cfg
+
+
+def run_dir(cfg: dict[str, Any]) -> Path:
+    """Where the run keeps its checkpoints and per-epoch files: STORAGE/NAME."""
+    trainer = cfg["trainer"]
+    return Path(trainer["storage"]).expanduser().resolve() / (trainer["name"] or run_name(cfg))
 
 
 def ensure_data(cfg: dict[str, Any]) -> None:
@@ -100,10 +112,14 @@ def check_resources(workers: int, per_worker: dict[str, float], cluster: dict[st
             )
 
 
-def train(cfg: dict[str, Any]) -> TrainResult:
+def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = True) -> TrainResult:
+    """Fit `cfg` on Ray Train. `callbacks`: Ray Train callbacks (the sweep passes Tune's reporter). `record`:
+    keep the run's `trials` row in the results store (the sweep driver keeps its trials' rows itself)."""
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from cls.results import TrialRecord
 
     from .ray_worker import train_loop_per_worker
 
@@ -112,9 +128,7 @@ def train(cfg: dict[str, Any]) -> TrainResult:
     if trainer_cfg["progress"] is None:
         trainer_cfg["progress"] = sys.stdout.isatty()
     ensure_data(cfg)
-    storage = Path(trainer_cfg["storage"]).expanduser().resolve()
-    name = trainer_cfg["name"] or run_name(cfg)
-    run_dir = storage / name
+    directory = run_dir(cfg)
 
     connect_ray()
     gpus = trainer_cfg["gpus_per_worker"]
@@ -124,12 +138,25 @@ def train(cfg: dict[str, Any]) -> TrainResult:
     check_resources(trainer_cfg["workers"], resources, ray.cluster_resources())
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "run_dir": str(run_dir)},
+        train_loop_config={"cfg": cfg, "run_dir": str(directory)},
         scaling_config=ScalingConfig(num_workers=trainer_cfg["workers"], use_gpu=gpus > 0,
                                      resources_per_worker=resources),
-        run_config=RunConfig(storage_path=str(storage), name=name,
-                             failure_config=FailureConfig(max_failures=trainer_cfg["max_failures"])),
+        run_config=RunConfig(storage_path=str(directory.parent), name=directory.name, callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=trainer_cfg["max_failures"]),
+                             # Train's state transitions and worker-group lines, every run: our progress
+                             # lines say what matters; warnings and errors still show.
+                             logging_config=LoggingConfig(log_level="WARNING")),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
     )
-    result = trainer.fit()
-    return TrainResult(run_dir, dict(result.metrics or {}))
+    row = TrialRecord(cfg, directory.name, gpus) if record else None
+    if row:
+        row.start()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as e:
+        if row:
+            row.end("failed", str(e))
+        raise
+    if row:
+        row.end("finished")
+    return TrainResult(directory, dict(result.metrics or {}))

@@ -133,21 +133,19 @@ def torchrun_main(argv: list[str] | None = None) -> None:
 
     from cls.cli.train import resolve
 
-    from .loop import fit
-    from .run import run_name
-
     import torch.distributed as dist
 
-    from .run import absolute_paths, ensure_data
+    from .loop import fit
+    from .run import absolute_paths, ensure_data, run_dir
 
     cfg = absolute_paths(resolve(list(sys.argv[1:] if argv is None else argv)))
-    run_dir = Path(cfg["trainer"]["storage"]).resolve() / (cfg["trainer"]["name"] or run_name(cfg))
+    directory = run_dir(cfg)
     if os.environ.get("RANK") == "0":
         ensure_data(cfg)  # one rank prepares `digits`; the others wait for it at the barrier
-    session = TorchrunSession(run_dir)
+    session = TorchrunSession(directory)
     dist.barrier()
     try:
-        fit(cfg, session, run_dir)
+        fit(cfg, session, directory)
     finally:
         dist.destroy_process_group()
 

@@ -1,0 +1,228 @@
+"""`write_report`: one sweep of the results store as `report.md`, its own configurations aggregated over
+seeds and set beside the seed papers' tables (`cls.results.paper`), with PNG plots: loss curves in the style
+of seed 000 Fig. 3 and one bar chart (paper vs ours) per reproduced table.
+
+Only complete trials are aggregated: "finished" and "stopped" (ended early by a scheduler; its metrics
+stand). Failed trials are listed, running ones counted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import textwrap
+from pathlib import Path, PurePath
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .paper import TABLES, PaperTable
+from .read import aggregate, configuration_columns, load
+
+COMPLETE = ("finished", "stopped")
+DEFAULT_METRIC = "best_eval_top1"
+PATH_COLUMNS = ("data.root",)  # matched on the last path component (see paper.py)
+LOSSES = (("train_loss", "-", "train"), ("eval_loss", "--", "eval"))  # seed 000 Fig. 3: training and validation loss
+
+
+def write_report(root: str | os.PathLike, sweep: str, out_dir: str | os.PathLike, metric: str | None = None) -> Path:
+    """Write report.md, loss_curves.png and one <table_id>.png per reproduced paper table into `out_dir`;
+    return the path of report.md. `metric`: a trials column (default best_eval_top1); the paper tables are
+    compared on its best_/final_ statistic of each table's metric."""
+    trials = load(root, "trials", sweep=sweep)
+    if trials.empty:
+        known = sorted(p.name.partition("=")[2] for p in (Path(root) / "trials").glob("sweep=*"))
+        raise ValueError(f"no trials of sweep {sweep!r} in the results store {str(root)!r}; "
+                         f"sweeps there: {', '.join(known) or 'none'}")
+    metric = _metric(trials, metric)
+    epochs = load(root, "epochs", sweep=sweep)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    status = trials["status"].fillna("unknown") if "status" in trials else pd.Series("unknown", index=trials.index)
+    configs = configuration_columns(trials)
+    if configs == ["sweep"] and "experiment" in trials:
+        configs = ["experiment"]  # a sweep without axes: its presets are its configurations
+    trials = trials.assign(config=_labels(trials, configs))
+    done = trials[status.isin(COMPLETE)]
+
+    counts = ", ".join(f"{n} {s}" for s, n in status.value_counts().sort_index().items())
+    lines = [f"# Sweep `{sweep}`", "",
+             f"Results store `{root}`; report written {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.", "",
+             f"Trials: {len(trials)} ({counts}). Aggregated: the {len(done)} finished or stopped trials, "
+             f"mean ± sample std over seeds, n = trials with a value.", ""]
+    lines += _sweep_section(done, configs, metric)
+    failed = trials[status == "failed"]
+    if len(failed):
+        lines += ["## Failed trials (not aggregated)", ""]
+        errors = failed["error"] if "error" in failed else pd.Series(None, index=failed.index, dtype=object)
+        # The first line of the error (the sweep driver stores the whole message, traceback included).
+        lines += [f"- `{t}`: {c}" + (f": {e.strip().splitlines()[0]}" if isinstance(e, str) and e.strip() else "")
+                  for t, c, e in zip(failed["trial_id"], failed["config"], errors)] + [""]
+    if _plot_losses(epochs, done, out / "loss_curves.png"):
+        lines += ["## Loss curves", "", "Training (solid) and evaluation (dashed) loss per epoch, mean over seeds with "
+                  "a ± std band (seed 000 Fig. 3), one panel per dataset.", "", "![loss curves](loss_curves.png)", ""]
+    lines += _paper_sections(done, configs, metric, out)
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def select(trials: pd.DataFrame, match: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows of `trials` that a paper row's `match` selects (the rule is in paper.py's docstring)."""
+    keep = pd.Series(True, index=trials.index)
+    for column, want in match.items():
+        if column not in trials:
+            return trials.iloc[0:0]
+        keep &= trials[column].map(lambda v, c=column, w=want: _equal(c, v, w)).astype(bool)
+    return trials[keep]
+
+
+def _equal(column: str, value: Any, want: Any) -> bool:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return False
+    if isinstance(want, bool):
+        return isinstance(value, (bool, np.bool_)) and bool(value) == want
+    if column in PATH_COLUMNS:
+        return PurePath(str(value)).name == want
+    return value == want
+
+
+def _metric(trials: pd.DataFrame, metric: str | None) -> str:
+    available = sorted(c for c in trials.columns if c.startswith(("best_", "final_")))
+    if metric is None:
+        metric = DEFAULT_METRIC if DEFAULT_METRIC in trials or not available else \
+            next((c for c in available if c.startswith("best_")), available[0])
+    if metric not in trials or not pd.api.types.is_numeric_dtype(trials[metric]):
+        raise ValueError(f"the trials of this sweep have no numeric column {metric!r}; "
+                         f"metrics there: {', '.join(available) or 'none'}")
+    return metric
+
+
+def _labels(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One readable name per configuration: "model.name=dnffm, optim.lr=0.1"."""
+    if not columns:
+        return pd.Series("all trials", index=df.index, dtype=object)
+    return pd.Series([", ".join(f"{c.removeprefix('axis.')}={v}" for c, v in zip(columns, row))
+                      for row in df[columns].itertuples(index=False)], index=df.index, dtype=object)
+
+
+def _sweep_section(done: pd.DataFrame, configs: list[str], metric: str) -> list[str]:
+    lines = [f"## Configurations by `{metric}`", ""]
+    if done.empty:
+        return lines + ["No finished or stopped trials yet.", ""]
+    by = configs or ["config"]
+    agg = aggregate(done, by, metric).sort_values("mean", ascending="loss" in metric, na_position="last")
+    header = [c.removeprefix("axis.") for c in by] + [f"{metric} (mean ± std)", "n"]
+    rows = [[*(str(v) for v in r[:len(by)]), _pm(r[-3], r[-2], digits=4), str(int(r[-1]))]
+            for r in agg.itertuples(index=False)]
+    return lines + _markdown(header, rows) + [""]
+
+
+def _paper_sections(done: pd.DataFrame, configs: list[str], metric: str, out: Path) -> list[str]:
+    statistic = "final" if metric.startswith("final_") else "best"  # the papers do not say; follow --metric
+    lines, missing = ["## Against the papers", ""], []
+    for table in TABLES:
+        column = f"{statistic}_{table.metric}"
+        rows = _compare(table, done, configs, column)
+        if not any(r["n"] is not None for r in rows):
+            missing.append(f"{table.id} ({table.source})")
+            continue
+        _plot_table(table, rows, out / f"{table.id}.png")
+        lines += [f"### {table.title}", "", f"Source: {table.source}. Ours: `{column}` x {table.scale:g} "
+                  f"({table.unit}); difference = ours - paper.", ""]
+        lines += _markdown(
+            ["row", f"paper ({table.unit})", "ours (mean ± std, n)", "difference", "run with `cls train`"],
+            [[r["label"], f"{r['paper']:.{table.decimals}f}",
+              "not run" if r["n"] is None else f"{_pm(r['mean'], r['std'])} (n={r['n']})",
+              "" if r["n"] is None or np.isnan(r["mean"]) else f"{r['mean'] - r['paper']:+.2f}",
+              " ".join(r["run"])] for r in rows])
+        lines += [""] + [f"Note: {n}\n" for n in table.notes] + [f"![{table.id}]({table.id}.png)", ""]
+    if missing:
+        lines += [f"Not reproduced by this sweep: {'; '.join(missing)}.", ""]
+    return lines
+
+
+def _compare(table: PaperTable, done: pd.DataFrame, configs: list[str], column: str) -> list[dict[str, Any]]:
+    """One entry per paper row, or per configuration under it when the sweep ran several that match it
+    (e.g. an lr scan of DNFFM on CIFAR10): pooling them would describe no configuration. n is None: not run."""
+    rows = []
+    for row in table.rows:
+        base = {"label": row.label, "paper": row.value, "run": row.run, "mean": np.nan, "std": np.nan, "n": None}
+        chosen = select(done, row.match)
+        if chosen.empty:
+            rows.append(base)
+            continue
+        values = chosen.assign(value=chosen[column] * table.scale if column in chosen else np.nan)
+        varying = [c for c in configs if values[c].nunique(dropna=False) > 1]
+        values = values.assign(sub=_labels(values, varying))
+        for r in aggregate(values, ["sub"], "value").itertuples(index=False):
+            label = f"{row.label} ({r.sub})" if varying else row.label
+            rows.append({**base, "label": label, "mean": r.mean, "std": r.std, "n": int(r.count)})
+    return rows
+
+
+def _pm(mean: float, std: float, digits: int = 2) -> str:
+    if np.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + ("" if np.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731 - a "|" inside a value would split the cell
+    return [f"| {' | '.join(map(cell, header))} |", f"|{'---|' * len(header)}",
+            *(f"| {' | '.join(map(cell, r))} |" for r in rows)]
+
+
+def _plot_losses(epochs: pd.DataFrame, done: pd.DataFrame, path: Path) -> bool:
+    """Training and evaluation loss against epoch, one line per configuration (mean over seeds, ± std band
+    with more than one seed), one panel per dataset. False when there is nothing to plot."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state; PNGs render through Agg
+
+    losses = [spec for spec in LOSSES if spec[0] in epochs]
+    if not losses or done.empty or epochs.empty:
+        return False
+    info = done[["trial_id", "config"]].assign(dataset=done["data.name"] if "data.name" in done else "")
+    data = epochs.merge(info, on="trial_id")
+    if data.empty:
+        return False
+    datasets = sorted(data["dataset"].fillna("").unique())
+    fig = Figure(figsize=(5.5 * len(datasets), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, dataset in zip(axes, datasets):
+        subset = data[data["dataset"].fillna("") == dataset]
+        for i, (config, trials) in enumerate(subset.groupby("config", sort=True)):
+            for column, style, name in losses:
+                curve = trials.groupby("epoch")[column].agg(["mean", "std", "count"])
+                ax.plot(curve.index, curve["mean"], style, color=f"C{i % 10}", label=f"{config} ({name})")
+                if curve["count"].max() > 1:
+                    ax.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
+                                    color=f"C{i % 10}", alpha=0.2, linewidth=0)
+        ax.set(title=dataset or "loss", xlabel="epoch", ylabel="loss")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize="x-small")
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def _plot_table(table: PaperTable, rows: list[dict[str, Any]], path: Path) -> None:
+    """Paper vs ours, one pair of bars per row; ours with a ± std error bar; rows not run have no bar."""
+    from matplotlib.figure import Figure
+
+    x = np.arange(len(rows))
+    ours = np.array([r["mean"] for r in rows], dtype=float)
+    fig = Figure(figsize=(max(5.0, 1.1 * len(rows) + 2), 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.bar(x - 0.2, [r["paper"] for r in rows], 0.4, label="paper")
+    ran = ~np.isnan(ours)
+    std = np.nan_to_num(np.array([r["std"] for r in rows], dtype=float))
+    ax.bar(x[ran] + 0.2, ours[ran], 0.4, yerr=std[ran], capsize=3, label="ours")
+    values = np.concatenate([[r["paper"] for r in rows], ours[ran]])
+    # Accuracies of one table lie within a few points: bars from zero would hide the differences.
+    ax.set_ylim(max(0.0, np.floor(values.min() / 5) * 5 - 5), values.max() + 2)
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=30, ha="right", fontsize="small")
+    ax.set_title(textwrap.fill(table.title, 80), fontsize="medium")
+    ax.set_ylabel(f"{table.metric} ({table.unit})")
+    ax.legend()
+    fig.savefig(path, dpi=120)
