@@ -123,3 +123,17 @@ def write_jpeg_dataset(
 
 def _per_class(labels: np.ndarray, splits: dict[str, int], num_classes: int | None) -> list[int]:
     return np.bincount(labels, minlength=len(_class_names(splits, num_classes))).tolist()
+
+
+FINE_GRAINED = ("cub200", "stanford_cars", "fgvc_aircraft")
+
+
+def write_dataset_for(data: dict, root: Path, train: int = 4, evaluate: int = 2) -> None:
+    """A tiny dataset of the kind and name a resolved `data` config expects, at `root`: arrays for the
+    32-px datasets, JPEGs (of the config's transform family) for the others."""
+    splits = {data["train_split"]: train, data["eval_split"]: evaluate}
+    if data["name"] in ("cifar10", "cifar100", "svhn", "digits"):
+        write_array_dataset(root, splits, num_classes=10, name=data["name"])
+    else:
+        family = "fine_grained" if data["name"] in FINE_GRAINED else "imagenet"
+        write_jpeg_dataset(root, splits, num_classes=2, name=data["name"], family=family)

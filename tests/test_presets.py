@@ -12,21 +12,16 @@ from PIL import Image
 from cls.train.config import compose_config, to_container
 from cls.train.loop import fit, read_epochs
 from cls.train.sessions import LocalSession
-from prepared_fixtures import write_array_dataset, write_jpeg_dataset
+from prepared_fixtures import write_dataset_for
 
 EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob("cls/configs/experiment/*.yaml"))
-FAMILY = {"cub200": "fine_grained", "stanford_cars": "fine_grained", "fgvc_aircraft": "fine_grained"}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_preset_runs_one_step(tmp_path, experiment):
     data = to_container(compose_config([f"experiment={experiment}"]))["data"]
     root = tmp_path / data["name"]
-    splits = {data["train_split"]: 4, data["eval_split"]: 2}
-    if data["name"] in ("cifar10", "cifar100", "svhn", "digits"):
-        write_array_dataset(root, splits, num_classes=10, name=data["name"])
-    else:
-        write_jpeg_dataset(root, splits, num_classes=2, name=data["name"], family=FAMILY.get(data["name"], "imagenet"))
+    write_dataset_for(data, root)
     overrides = [f"experiment={experiment}", f"data.root={root}", "trainer.epochs=1", "trainer.max_steps=1",
                  "data.batch_size=2", "data.num_workers=1", f"trainer.storage={tmp_path / 'runs'}", "trainer.nan_check_every=1"]
     model = to_container(compose_config([f"experiment={experiment}"]))["model"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cls.data.layout import read_manifest
+from cls.results import load
 from cls.train.checkpoint import load_checkpoint, state_digest
 from cls.train.config import compose_config, to_container
 from cls.train.loop import read_epochs, read_resumes
@@ -123,12 +124,14 @@ def test_a_nan_loss_fails_the_run_naming_the_step(tmp_path, ray_cluster, capsys)
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert re.search(r"cls train: training failed: .*loss is (nan|inf) at epoch 0, step \d+", err, re.S), err[-2000:]
+    (row,) = load(os.environ["CLS_RESULTS"], "trials", sweep="train").to_dict("records")
+    assert row["trial_id"] == "nan" and row["status"] == "failed" and "loss is" in row["error"]
 
 
 def test_the_readme_command_from_a_fresh_directory(tmp_path):
     """`cls train experiment=dnffm_digits` with the relative defaults (data/digits, runs/): the driver prepares
     the data where the user stands, and the workers, which run elsewhere, still find it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CLS_DATA_ROOT", "CLS_RUNS", "RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("CLS_DATA_ROOT", "CLS_RUNS", "CLS_RESULTS", "RAY_ADDRESS")}
     result = subprocess.run([sys.executable, "-m", "cls", "train", "experiment=dnffm_digits", "trainer.epochs=1"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -136,3 +139,8 @@ def test_the_readme_command_from_a_fresh_directory(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert [e["epoch"] for e in read_epochs(run_dir)] == [0]
     assert f"run: {run_dir}" in result.stdout
+    # ... and the run is in the results store under ./results, as the one trial of sweep "train".
+    (row,) = load(tmp_path / "results", "trials").to_dict("records")
+    assert (row["sweep"], row["trial_id"], row["status"], row["epochs_done"]) == ("train", run_dir.name, "finished", 1)
+    assert row["final_eval_top1"] == read_epochs(run_dir)[0]["eval_top1"]
+    assert load(tmp_path / "results", "epochs")["epoch"].tolist() == [0]

@@ -8,7 +8,9 @@ each option of each model can be overridden, and a misspelt key anywhere fails a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra import compose, initialize_config_module
@@ -17,6 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from cls.models import list_models, model_options
+from cls.models.registry import get_entry
 
 CONFIG_MODULE = "cls.configs"
 
@@ -105,11 +108,28 @@ class ResultsConfig:
     sweep: str = "train"  # the store's partition; `cls sweep` sets it to the sweep's name
 
 
-def _model_node(name: str) -> dict[str, Any]:
-    options = {k: list(v) if isinstance(v, tuple) else v for k, v in model_options(name).items()}
-    if "num_classes" in options:
-        options["num_classes"] = None  # taken from the dataset's manifest unless set
-    return {"name": name, **options}
+_OMEGACONF_TYPES = (int, float, bool, str)
+
+
+def _model_node(name: str) -> type:
+    """A dataclass of model `name`'s options, typed from its builder's annotations, so a value of the wrong
+    type (model.tau=abc) fails at composition like any other key. Annotations OmegaConf cannot check
+    (unions such as `bool | str`, tuples) stay untyped."""
+    hints = typing.get_type_hints(get_entry(name).builder)
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=name))]
+    for key, default in model_options(name).items():
+        kind = hints.get(key, Any)
+        optional = typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+        inner = [a for a in typing.get_args(kind) if a is not type(None)] if optional else [kind]
+        kind = inner[0] if len(inner) == 1 and inner[0] in _OMEGACONF_TYPES else Any
+        if key == "num_classes":
+            default, optional = None, True  # taken from the dataset's manifest unless set
+        if isinstance(default, (list, tuple)):
+            spec = field(default_factory=lambda value=list(default): list(value))
+        else:
+            spec = field(default=default)
+        fields.append((key, typing.Optional[kind] if optional or default is None else kind, spec))
+    return make_dataclass(f"{name}_model_config", fields)
 
 
 def register_configs() -> None:
