@@ -108,7 +108,11 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
         param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
-            max_concurrent_trials=sweep.resources.max_concurrent, reuse_actors=True,
+            max_concurrent_trials=sweep.resources.max_concurrent,
+            # A reused trial actor keeps its imports warm for the next trial. Not under a scheduler: a trial
+            # it stops is still inside fit(), the actor cannot be reset, and Tune 2.60 then fails the next
+            # trial ("Trainable runner reuse requires reset_config() ...") instead of starting a new actor.
+            reuse_actors=scheduler is None,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
@@ -218,10 +222,20 @@ class _StoreCallback(tune.Callback):
         record = self.records.get(trial_id)
         if record is None:
             return
-        error = trial.get_error()
-        record.end("failed", str(error) if error else "unknown error (see the trial's log)")
-        first_line = str(error).strip().splitlines()[0] if error else "unknown error"
-        self._print(f"    {trial_id} FAILED: {first_line}")
+        error = _error_text(trial)
+        record.end("failed", error)
+        self._print(f"    {trial_id} FAILED: {error.strip().splitlines()[-1]}")
+
+
+def _error_text(trial) -> str:
+    """The trial's error and traceback, as Tune wrote it to the trial's local error file just before this
+    callback (its copy in storage, which `Trial.get_error` reads, is synced later)."""
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    lines = [line for line in text.splitlines() if not line.startswith("Failure # ")]
+    return "\n".join(lines).strip() or "unknown error (see the trial's log in the Ray session directory)"
 
 
 def _experiment(trial: Trial) -> str | None:

@@ -23,11 +23,22 @@ _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus
 _DATA_HOSTING_KEYS = {"root", "num_workers"}  # where the data lives, how many threads read it
 _TOP_HOSTING_KEYS = {"results"}  # where its rows are written
 
-# Train V2's controller polls workers every 2 s by default; with short epochs each report then blocks for
-# up to a poll interval (shared/notes/ray.md measured 2.96x on an 8-epoch loop at 0.2 s).
-# The dashboard lists Train V2 runs and their reported metrics only with state tracking on (shared/notes/ray.md).
-DRIVER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
-WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # otherwise every worker print appears twice
+# The environment of every Ray process we start: the driver's os.environ and the job's runtime_env alike.
+# Train copies a fixed list of these variables from the process that calls fit() into its controller's
+# runtime_env; when that copy equals the job's own env_vars, the controller and its helper actors can start
+# in Ray's already-running pooled worker processes instead of new ones (bench/trial_overhead.py).
+RAY_ENV = {
+    # Train V2's controller polls workers every 2 s by default; with short epochs each report then blocks
+    # for up to a poll interval (shared/notes/ray.md measured 2.96x on an 8-epoch loop at 0.2 s).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # The dashboard lists Train V2 runs and their reported metrics only with state tracking on.
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
+    # One more actor process per run, watching for cloud-provider preemption notices. A preempted SLURM
+    # node shows up as dead workers, which FailureConfig handles; the watcher only adds start-up time.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0",  # Train sets this for its controller; same value here
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # otherwise every worker print appears twice
+}
 
 
 @dataclass
@@ -90,13 +101,17 @@ def connect_ray(num_cpus: float | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.update({k: v for k, v in DRIVER_ENV.items() if k not in os.environ})
+    os.environ.update({k: v for k, v in RAY_ENV.items() if k not in os.environ})
     address = os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {**DRIVER_ENV, **WORKER_ENV}}  # the controller is an actor too
+    env_vars = {k: os.environ[k] for k in RAY_ENV}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        # Ray's state API (Train's placement-group cleaner uses it inside the cluster) finds its cluster by
+        # RAY_ADDRESS, else by guessing, which fails when two clusters share a machine.
+        ray.init(address=address, runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": address}}, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+        # With the dashboard: it is where a researcher watches the sweep, and Ray's state API (through which
+        # Train frees the CPUs of a trial that Tune stopped) answers only when it runs.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env={"env_vars": env_vars}, log_to_driver=True)
 
 
 def check_resources(workers: int, per_worker: dict[str, float], cluster: dict[str, float]) -> None:
@@ -112,12 +127,31 @@ def check_resources(workers: int, per_worker: dict[str, float], cluster: dict[st
             )
 
 
+def _trainer_class():
+    """TorchTrainer without the Ray Data callback when the run passes no Ray datasets (ours never does: DALI
+    and torch loaders read the prepared files): that callback starts one more actor process per run, a
+    second of every sweep trial's start on 2 cores. Overrides a private method, hence ray==2.60.0 pinned."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:  # another Ray: keep its defaults
+        return TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks()
+                    if self.datasets or not isinstance(c, DatasetsCallback)]
+
+    return Trainer
+
+
 def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = True) -> TrainResult:
     """Fit `cfg` on Ray Train. `callbacks`: Ray Train callbacks (the sweep passes Tune's reporter). `record`:
     keep the run's `trials` row in the results store (the sweep driver keeps its trials' rows itself)."""
     import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from cls.results import TrialRecord
 
@@ -136,7 +170,7 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     resources = {"CPU": trainer_cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     check_resources(trainer_cfg["workers"], resources, ray.cluster_resources())
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "run_dir": str(directory)},
         scaling_config=ScalingConfig(num_workers=trainer_cfg["workers"], use_gpu=gpus > 0,

@@ -1,0 +1,160 @@
+"""`cls sweep` on real local Ray clusters: the quickstart end to end, a sweep interrupted twice (Ctrl-C, then a
+killed driver) and continued, ASHA stopping a trial and a failing trial recorded."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cls.results import load
+from cls.sweep import expand, load_sweep
+from cls.train.loop import read_resumes
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sweep_command(tmp_path: Path, sweep: str | Path, *overrides: str) -> tuple[list[str], dict]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(CLS_DATA_ROOT=str(tmp_path / "data"), CLS_RUNS=str(tmp_path / "runs"),
+               CLS_RESULTS=str(tmp_path / "results"))
+    return [sys.executable, "-m", "cls", "sweep", str(sweep), *overrides], env
+
+
+def run_sweep(tmp_path: Path, sweep, *overrides: str) -> subprocess.CompletedProcess:
+    command, env = sweep_command(tmp_path, sweep, *overrides)
+    return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+
+
+def raw_rows(root: Path, table: str) -> pd.DataFrame:
+    """Every row in the store's files, as plain pandas reads them (no deduplication)."""
+    return pd.read_parquet(root / table)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def epochs_of(root: Path, sweep: str, trial_id: str) -> list[int]:
+    try:
+        rows = load(root, "epochs", sweep=sweep)
+    except FileNotFoundError:
+        return []
+    return sorted(rows.loc[rows["trial_id"] == trial_id, "epoch"]) if len(rows) else []
+
+
+def test_the_quickstart_sweep_end_to_end_from_a_fresh_directory(tmp_path):
+    """The README's main command: 8 trials x 2 epochs on digits, prepared on the spot, one row per trial
+    and per trial and epoch, the aggregated table and the pandas line printed."""
+    result = run_sweep(tmp_path, REPO / "sweeps" / "quickstart.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+    trials, epochs = raw_rows(results, "trials"), raw_rows(results, "epochs")
+    expected = {t.trial_id for t in expand(load_sweep(REPO / "sweeps" / "quickstart.yaml"))}
+    assert len(trials) == 8 and set(trials["trial_id"]) == expected
+    assert (trials["status"] == "finished").all() and (trials["epochs_done"] == 2).all()
+    assert len(epochs) == 16 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert set(epochs["trial_id"]) == expected and sorted(set(epochs["epoch"])) == [0, 1]
+    # The trials row carries the config, the axes, the summary and where it ran.
+    row = trials.iloc[0]
+    assert row["model.name"] == "dnffm" and row["experiment"] == "dnffm_digits" and row["axis.seed"] in (0, 1)
+    assert row["final_eval_top1"] == epochs[(epochs["trial_id"] == row["trial_id"]) & (epochs["epoch"] == 1)][
+        "eval_top1"].item()
+    assert row["wall_s"] > 0 and row["gpu_hours"] == 0 and row["host"] and row["torch_version"]
+    # Two epochs of digits already separate from chance (10 classes).
+    assert trials["final_eval_top1"].mean() > 0.3, trials["final_eval_top1"].tolist()
+    out = result.stdout
+    assert "axis.model.cbam" in out and "final eval_top1" in out
+    assert "pandas.read_parquet(" in out and str(results / "trials") in out
+
+
+def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_path):
+    """Ctrl-C during trial 1, then SIGKILL of the driver (and its local cluster) during trial 2, then the
+    same command to the end: every trial once, every epoch once, trial 1 and 2 resumed from checkpoints."""
+    sweep = REPO / "sweeps" / "quickstart.yaml"
+    overrides = ["sweep.axes.model.cbam.grid=[false]", "sweep.axes.model.tau.grid=[0.5]",
+                 "sweep.axes.seed.grid=[0,1,2]", "sweep.name=resume"]
+    first, second, third = (t.trial_id for t in expand(load_sweep(sweep, overrides)))
+    results = tmp_path / "results"
+    command, env = sweep_command(tmp_path, sweep, *overrides)
+
+    # 1. Ctrl-C once trial 1 has its first epoch: the sweep stops, saying how to continue.
+    driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        wait_for(lambda: epochs_of(results, "resume", first) == [0], 600, "trial 1's first epoch")
+        time.sleep(1.0)  # its checkpoint is registered at Train's next poll
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    assert "interrupted" in out and "run the same command to continue" in out
+    assert load(results, "trials", sweep="resume").set_index("trial_id").loc[first, "status"] == "running"
+
+    # 2. Run again, and kill the driver with its cluster once trial 2 has its first epoch.
+    driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        wait_for(lambda: epochs_of(results, "resume", second) == [0], 600, "trial 2's first epoch")
+        time.sleep(1.0)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        out, _ = driver.communicate(timeout=60)
+    assert "0 finished earlier, 3 to run" in out, out[-3000:]
+    finished_first = load(results, "trials", sweep="resume").set_index("trial_id").loc[first]
+    assert finished_first["status"] == "finished"
+
+    # 3. The same command finishes the sweep: trial 1 is not run again, trial 2 resumes at its epoch 1.
+    result = run_sweep(tmp_path, sweep, *overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 finished earlier, 2 to run" in result.stdout
+    assert f"{first} started" not in result.stdout
+    trials, epochs = raw_rows(results, "trials"), raw_rows(results, "epochs")
+    assert sorted(trials["trial_id"]) == sorted([first, second, third]) and (trials["status"] == "finished").all()
+    assert len(epochs) == 6 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    final = trials.set_index("trial_id")
+    assert final.loc[first, "written_at"] == finished_first["written_at"]  # untouched by the third run
+    assert final.loc[first, "attempts"] == 2 and final.loc[second, "attempts"] == 2 and final.loc[third, "attempts"] == 1
+    # Each interrupted trial resumed once, from a checkpoint (at epoch 1, or 2 if it finished its second
+    # epoch while the sweep was stopping), never from scratch.
+    for trial in (first, second):
+        assert [r["start_epoch"] >= 1 for r in read_resumes(tmp_path / "runs" / trial)] == [True], trial
+    assert read_resumes(tmp_path / "runs" / third) == []
+
+
+def test_asha_stops_a_weak_trial_and_a_failing_trial_is_recorded(tmp_path):
+    sweep = tmp_path / "asha.yaml"
+    sweep.write_text("""# three learning rates on digits: one learns, one barely moves, one diverges
+overrides: [model=shufflenet_v2_x0_5, model.small_input=cifar_stem, trainer.epochs=3, trainer.nan_check_every=1,
+            data.backend=torch]
+axes:
+  optim.lr: {grid: [0.05, 1.0e-7, 1.0e+30]}
+metric: eval_top1
+mode: max
+scheduler:
+  asha: {grace_period: 1, reduction_factor: 2}
+resources: {workers: 2, cpus_per_worker: 1, max_concurrent: 1}
+""")
+    result = run_sweep(tmp_path, sweep)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "1 trials failed" in result.stderr
+    trials = load(tmp_path / "results", "trials", sweep="asha").set_index("optim.lr")
+    assert trials.loc[0.05, "status"] == "finished" and trials.loc[0.05, "epochs_done"] == 3
+    assert trials.loc[1e-7, "status"] == "stopped" and trials.loc[1e-7, "epochs_done"] < 3
+    assert trials.loc[1e30, "status"] == "failed" and "loss is" in trials.loc[1e30, "error"]
+    # Run again: the finished and the stopped trials stay done; the failed one is retried (and fails again).
+    again = run_sweep(tmp_path, sweep)
+    assert again.returncode == 1 and "2 finished earlier, 1 to run" in again.stdout
+    assert load(tmp_path / "results", "trials", sweep="asha").set_index("optim.lr").loc[1e30, "attempts"] == 2
