@@ -109,7 +109,7 @@ class TrialRecord:
         self.writer.write_trial({
             **self.config, **self.extra, **summarize(epochs),
             "status": status, "error": error, "epochs_done": len(epochs), "attempts": self.attempts,
-            "wall_s": wall_s, "gpu_hours": wall_s * self.gpus / 3600,
+            "wall_s": wall_s, "gpu_hours": wall_s * self.gpus / 3600, "started_at": self.started,  # this attempt's
         })
 
 

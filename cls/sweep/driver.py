@@ -104,7 +104,7 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
     scheduler = _asha(sweep.scheduler, max(t.config["trainer"]["epochs"] for t in todo))
     recorder = _StoreCallback({t.trial_id: t for t in todo}, gpus, scheduler, out, len(todo))
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_tune_trainable, configs=configs), TRIAL_DRIVER_RESOURCES),
+        tune.with_resources(tune.with_parameters(_tune_trainable, configs=configs, per_epoch=scheduler is not None), TRIAL_DRIVER_RESOURCES),
         param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
@@ -130,13 +130,19 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
     return SweepOutcome(len(trials), skipped, statuses, interrupted)
 
 
-def _tune_trainable(config: dict[str, Any], configs: dict[str, dict[str, Any]]) -> None:
-    """One trial, inside its Tune trial actor: the Train run of the trial's config, its reports passed on
-    to Tune. The trial actor itself reserves no CPU (`TRIAL_DRIVER_RESOURCES`): on a small machine a CPU held
-    by every trial's driver leaves its Train workers none, and the sweep waits forever."""
+def _tune_trainable(config: dict[str, Any], configs: dict[str, dict[str, Any]], per_epoch: bool) -> dict[str, Any]:
+    """One trial, inside its Tune trial actor: the Train run of the trial's config. With `per_epoch` (a
+    scheduler needs every epoch's result) Tune's reporter passes each epoch on; without, the trial reports
+    once, at its end, and saves the reporter's queue actor: one process start fewer per trial (the epochs
+    are in the store either way). The trial actor itself reserves no CPU (`TRIAL_DRIVER_RESOURCES`): on a
+    small machine a CPU held by every trial's driver leaves its Train workers none, and the sweep waits."""
     from cls.train.run import train
 
-    train(configs[config["trial_id"]], callbacks=[_ReportEpochs()], record=False)
+    # Only a scheduler kills a trial's Train run while the cluster lives on (an interrupted sweep ends its
+    # job, and Ray frees the job's placement groups with it): only then is Train's cleaner needed.
+    result = train(configs[config["trial_id"]], callbacks=[_ReportEpochs()] if per_epoch else [], record=False,
+                   killable=per_epoch)
+    return {**result.metrics, _EPOCHS_DONE: result.metrics.get("epoch", -1) + 1}
 
 
 def _trial_name(trial) -> str:

@@ -127,28 +127,35 @@ def check_resources(workers: int, per_worker: dict[str, float], cluster: dict[st
             )
 
 
-def _trainer_class():
-    """TorchTrainer without the Ray Data callback when the run passes no Ray datasets (ours never does: DALI
-    and torch loaders read the prepared files): that callback starts one more actor process per run, a
-    second of every sweep trial's start on 2 cores. Overrides a private method, hence ray==2.60.0 pinned."""
+def _trainer_class(placement_group_cleaner: bool = True):
+    """TorchTrainer without the actors a run of ours does not use, each one more process start per run (a
+    second or so of every sweep trial's start on 2 cores): the Ray Data callback's when the run passes no
+    Ray datasets (ours never does: DALI and torch loaders read the prepared files), and, when asked, the
+    placement-group cleaner, which frees a run's CPUs/GPUs only if its controller is killed from outside
+    (Tune stopping a trial early). Overrides a private method, hence ray==2.60.0 pinned."""
     from ray.train.torch import TorchTrainer
 
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:  # another Ray: keep its defaults
         return TorchTrainer
+    unused = (() if placement_group_cleaner else (PlacementGroupCleanerCallback,))
 
     class Trainer(TorchTrainer):
         def _create_default_callbacks(self):
             return [c for c in super()._create_default_callbacks()
-                    if self.datasets or not isinstance(c, DatasetsCallback)]
+                    if not isinstance(c, unused) and (self.datasets or not isinstance(c, DatasetsCallback))]
 
     return Trainer
 
 
-def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = True) -> TrainResult:
+def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = True,
+          killable: bool = True) -> TrainResult:
     """Fit `cfg` on Ray Train. `callbacks`: Ray Train callbacks (the sweep passes Tune's reporter). `record`:
-    keep the run's `trials` row in the results store (the sweep driver keeps its trials' rows itself)."""
+    keep the run's `trials` row in the results store (the sweep driver keeps its trials' rows itself).
+    `killable=False`: nothing will kill this run's controller while the cluster lives on (a sweep trial
+    without a scheduler), so Train's placement-group cleaner is left out (see _trainer_class)."""
     import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig
@@ -170,7 +177,7 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     resources = {"CPU": trainer_cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     check_resources(trainer_cfg["workers"], resources, ray.cluster_resources())
-    trainer = _trainer_class()(
+    trainer = _trainer_class(placement_group_cleaner=killable)(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "run_dir": str(directory)},
         scaling_config=ScalingConfig(num_workers=trainer_cfg["workers"], use_gpu=gpus > 0,
