@@ -225,3 +225,17 @@ def test_aggregate_against_hand_computation():
     assert got.loc["a", "count"] == 3
     assert (got.loc["b", "mean"], got.loc["b", "count"]) == (0.5, 1)  # NaN (a failed seed) not counted
     assert np.isnan(got.loc["c", "std"]) and got.loc["c", "optim.lr"] == 0.01
+
+
+def test_configurations_are_told_apart_by_axes_and_varying_config_only():
+    from cls.results.read import configuration_columns
+
+    trials = pd.DataFrame({
+        "trial_id": ["a", "b", "c", "d"], "axis.model.tau": [0.5, 0.5, 1.0, 1.0], "axis.seed": [0, 1, 0, 1],
+        "model.tau": [0.5, 0.5, 1.0, 1.0], "seed": [0, 1, 0, 1], "trainer.epochs": [2, 2, 2, 3],
+        "trainer.storage": ["/a", "/b", "/a", "/a"], "started_at": [1.0, 2.0, 3.0, 4.0], "wall_s": [5.0, 6, 7, 8],
+        "host": ["x", "y", "x", "y"], "attempts": [1, 2, 1, 1], "final_eval_top1": [0.1, 0.2, 0.3, 0.4],
+    })
+    # the seed averages; trainer.epochs varies within a tau, so it separates; where and when it ran does not
+    assert configuration_columns(trials) == ["axis.model.tau", "trainer.epochs"]
+    assert configuration_columns(trials.drop(columns="trainer.epochs")) == ["axis.model.tau"]

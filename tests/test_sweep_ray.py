@@ -2,6 +2,7 @@
 killed driver) and continued, ASHA stopping a trial and a failing trial recorded."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,7 +75,9 @@ def test_the_quickstart_sweep_end_to_end_from_a_fresh_directory(tmp_path):
     # Two epochs of digits already separate from chance (10 classes).
     assert trials["final_eval_top1"].mean() > 0.3, trials["final_eval_top1"].tolist()
     out = result.stdout
-    assert "axis.model.cbam" in out and "final eval_top1" in out
+    assert "axis.model.cbam" in out and "final eval_top1" in out and "started_at" not in out
+    # one line per configuration (CBAM x tau), each the mean over its 2 seeds
+    assert len(re.findall(r"^ +(True|False) +(0\.5|1\.0) .* 2$", out, re.M)) == 4, out[-2000:]
     assert "pandas.read_parquet(" in out and str(results / "trials") in out
 
 

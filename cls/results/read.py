@@ -125,7 +125,7 @@ _HOSTING = ("trainer.storage", "trainer.name", "trainer.progress", "trainer.max_
             "trainer.cpus_per_worker", "trainer.gpus_per_worker", "trainer.threads_per_worker",
             "data.num_workers", "results.", "seed")
 _NOT_CONFIG = ("sweep", "trial_id", "experiment", "status", "error", "epochs_done", "attempts", "wall_s",
-               "gpu_hours", "host", "git_commit", WRITTEN_AT)
+               "gpu_hours", "host", "git_commit", "started_at", WRITTEN_AT)
 
 
 def configuration_columns(trials: pd.DataFrame) -> list[str]:
