@@ -132,6 +132,8 @@ MALFORMED = {
     "an axis with no effect": ("experiment: dnffm_digits\naxes:\n  trainer.workers: {grid: [1, 2]}\n", 2,
                                "same trial"),
     "a value twice": ("experiment: dnffm_digits\naxes:\n  seed: {grid: [0, 0]}\n", 3, "twice"),
+    "a name that cannot be a directory": ("name: 2024/a\nexperiment: dnffm_digits\naxes:\n  seed: {grid: [0]}\n", 1,
+                                          "sweep name"),
 }
 
 

@@ -15,6 +15,7 @@ import pytest
 from cls.results import load
 from cls.sweep import expand, load_sweep
 from cls.train.loop import read_resumes
+from polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +37,6 @@ def run_sweep(tmp_path: Path, sweep, *overrides: str) -> subprocess.CompletedPro
 def raw_rows(root: Path, table: str) -> pd.DataFrame:
     """Every row in the store's files, as plain pandas reads them (no deduplication)."""
     return pd.read_parquet(root / table)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def epochs_of(root: Path, sweep: str, trial_id: str) -> list[int]:

@@ -17,6 +17,7 @@ from cls.results import load
 from cls.train.checkpoint import load_checkpoint, state_digest
 from cls.train.config import compose_config, to_container
 from cls.train.loop import read_epochs, read_resumes
+from polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +40,6 @@ def ray_cluster():
 def config(tmp_path: Path, *overrides: str) -> dict:
     return to_container(compose_config([*SMALL, f"data.root={tmp_path / 'data' / 'digits'}",
                                         f"trainer.storage={tmp_path / 'runs'}", *overrides]))
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])

@@ -203,3 +203,14 @@ def test_a_run_larger_than_the_cluster_fails_before_it_starts():
         check_resources(2, {"CPU": 1.0, "GPU": 1.0}, {"CPU": 8.0})
     with pytest.raises(ValueError, match="trainer.workers must be at least 1"):
         check_resources(0, {"CPU": 1.0}, {"CPU": 2.0})
+
+
+def test_workers_take_a_gpu_each_when_the_cluster_has_them_unless_told():
+    from cls.train.run import worker_resources
+
+    trainer = {"workers": 2, "cpus_per_worker": 4.0, "gpus_per_worker": None}
+    assert worker_resources(trainer, {"CPU": 8.0}) == {"CPU": 4.0}
+    assert worker_resources(trainer, {"CPU": 8.0, "GPU": 2.0}) == {"CPU": 4.0, "GPU": 1.0}
+    assert worker_resources({**trainer, "gpus_per_worker": 0.0}, {"CPU": 8.0, "GPU": 2.0}) == {"CPU": 4.0}
+    with pytest.raises(ValueError, match="lower trainer.workers"):
+        worker_resources({**trainer, "workers": 3}, {"CPU": 8.0, "GPU": 2.0})

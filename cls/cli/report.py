@@ -5,7 +5,6 @@ per reproduced paper table; prints the path of report.md."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 
@@ -20,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cls.results.report import write_report  # pandas, pyarrow and matplotlib load only when reporting
+    from cls.results.store import default_root
 
     # Defaults resolved here, not in add_parser, so that $CLS_RESULTS is read when the command runs.
-    root = args.root or Path(os.environ.get("CLS_RESULTS", "results"))
+    root = args.root or Path(default_root())
     print(write_report(root, args.sweep, args.out or Path("reports") / args.sweep, metric=args.metric))
     return 0

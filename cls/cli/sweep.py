@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     root = trials[0].config["results"]["root"]
     rows = load(root, "trials", sweep=sweep.name)
     rows = rows[rows["trial_id"].isin(outcome.statuses)]
-    if (rows["status"].isin(["finished", "stopped"])).any():
+    if "status" in rows and rows["status"].isin(["finished", "stopped"]).any():
         print()
         print(format_summary(summary(rows, sweep.metric), sweep.metric))
     print(f"\nRead it with pandas:  pandas.read_parquet({str(root) + '/trials'!r}, "

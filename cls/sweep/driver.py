@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +73,9 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
     trial event to `out`."""
     import ray
 
-    from cls.train.run import check_resources, connect_ray, ensure_data
+    from cls.train.run import connect_ray, ensure_data, worker_resources
 
-    first = trials[0].config
-    root = first["results"]["root"]
+    root = trials[0].config["results"]["root"]
     for cfg in {t.config["data"]["root"]: t.config for t in trials}.values():
         ensure_data(cfg)  # before Tune: an unprepared dataset fails here, once, not in every trial
 
@@ -90,12 +88,9 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
         return SweepOutcome(len(trials), skipped, {t.trial_id: before[t.trial_id] for t in trials}, False)
 
     connect_ray()
-    trainer = first["trainer"]
-    gpus = trainer["gpus_per_worker"]
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    check_resources(trainer["workers"], {"CPU": trainer["cpus_per_worker"], **({"GPU": gpus} if gpus else {})},
-                    ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    # Every trial, before any starts: an axis may change a trial's workers or GPUs.
+    gpus = {t.trial_id: worker_resources(t.config["trainer"], cluster).get("GPU", 0.0) for t in todo}
 
     # Tune's own console output (a config box, a status table every few seconds) is replaced by the lines
     # _StoreCallback prints; the old reporter with verbose=0 is the one that stays quiet.
@@ -104,7 +99,8 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
     scheduler = _asha(sweep.scheduler, max(t.config["trainer"]["epochs"] for t in todo))
     recorder = _StoreCallback({t.trial_id: t for t in todo}, gpus, scheduler, out, len(todo))
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_tune_trainable, configs=configs, per_epoch=scheduler is not None), TRIAL_DRIVER_RESOURCES),
+        tune.with_resources(tune.with_parameters(_tune_trainable, configs=configs, per_epoch=scheduler is not None),
+                            TRIAL_DRIVER_RESOURCES),
         param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         tune_config=tune.TuneConfig(
             metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
@@ -116,17 +112,17 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=sweep.name, storage_path=str(Path(trainer["storage"]) / "_tune"), callbacks=[recorder], verbose=0,
+            name=sweep.name, storage_path=str(Path(todo[0].config["trainer"]["storage"]) / "_tune"),
+            callbacks=[recorder], verbose=0,
         ),
     )
     with _sigterm_as_interrupt():
-        grid = tuner.fit()
+        tuner.fit()  # trial outcomes are in the store, where the callback wrote them
     after = store_status(root, sweep.name)
     statuses = {t.trial_id: after.get(t.trial_id, "running") for t in trials}
     interrupted = any(s not in TERMINAL for s in statuses.values())
     if not interrupted:
         compact(root, sweep.name)  # one file per table for the finished sweep: fast to read at any size
-    del grid
     return SweepOutcome(len(trials), skipped, statuses, interrupted)
 
 
@@ -183,7 +179,7 @@ def _asha(spec: Asha | None, epochs: int) -> _RecordingAsha | None:
 class _StoreCallback(tune.Callback):
     """Keeps each trial's `trials` row, in the driver, and prints one line per trial event."""
 
-    def __init__(self, trials: dict[str, Trial], gpus: float, scheduler, out, total: int) -> None:
+    def __init__(self, trials: dict[str, Trial], gpus: dict[str, float], scheduler, out, total: int) -> None:
         self.trials, self.gpus, self.scheduler, self.out, self.total = trials, gpus, scheduler, out, total
         self.records: dict[str, TrialRecord] = {}
         self.started = 0
@@ -194,7 +190,7 @@ class _StoreCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         trial_id = trial.config["trial_id"]
         spec = self.trials[trial_id]
-        record = TrialRecord(spec.config, trial_id, self.gpus,
+        record = TrialRecord(spec.config, trial_id, self.gpus[trial_id],
                              extra={"experiment": _experiment(spec), **{f"axis.{k}": v for k, v in spec.axes.items()}})
         record.start()
         self.records[trial_id] = record
@@ -209,8 +205,7 @@ class _StoreCallback(tune.Callback):
         self._print(f"    {trial_id} epoch {result.get(_EPOCHS_DONE, '?')}/{epochs}  {shown}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        trial_id = trial.config["trial_id"]
-        record = self.records.get(trial_id)
+        trial_id, record = trial.config["trial_id"], self.records.get(trial.config["trial_id"])
         if record is None:
             return
         done = len(record.writer.read("epochs"))
@@ -224,9 +219,9 @@ class _StoreCallback(tune.Callback):
         self._print(f"    {trial_id} {status} after {done} epochs")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        trial_id = trial.config["trial_id"]
-        record = self.records.get(trial_id)
-        if record is None:
+        trial_id, record = trial.config["trial_id"], self.records.get(trial.config["trial_id"])
+        if record is None:  # failed before it started (Tune could not start its actor): no row to close
+            self._print(f"    {trial_id} FAILED before starting: {_error_text(trial).splitlines()[-1]}")
             return
         error = _error_text(trial)
         record.end("failed", error)
@@ -255,7 +250,6 @@ class _sigterm_as_interrupt:  # noqa: N801 - a context manager used like a funct
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        self.started = time.time()
         return self
 
     def __exit__(self, *exc) -> None:

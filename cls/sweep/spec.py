@@ -37,6 +37,8 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
+from cls.results.store import check_name
+
 KINDS = ("grid", "choice", "pairs", "uniform", "loguniform", "randint")
 GROUPS = ("experiment", "model", "data", "optim", "trainer", "style", "results")
 # What `fit` reports each epoch (cls.train.loop); the metric of a sweep is one of these.
@@ -232,8 +234,13 @@ def _parse(data: dict, where: _Where, cli_overrides: list[str]) -> Sweep:
         raise where.error(("samples",), f"samples must be a positive integer, got {samples!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise where.error(("seed",), f"seed must be an integer, got {seed!r}")
+    name = str(data.get("name") or where.path.stem)
+    try:
+        check_name("sweep", name)
+    except ValueError as e:
+        raise where.error(("name",), f"{e}; set `name:` in the file or sweep.name=...") from None
     return Sweep(
-        name=str(data.get("name") or where.path.stem), path=where.path, experiment=experiment,
+        name=name, path=where.path, experiment=experiment,
         overrides=[*overrides, *cli_overrides], axes=axes, metric=metric, mode=mode, samples=samples, seed=seed,
         scheduler=_scheduler(data.get("scheduler"), where), resources=_resources(data.get("resources"), where),
         where=where,

@@ -114,6 +114,18 @@ def connect_ray(num_cpus: float | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env={"env_vars": env_vars}, log_to_driver=True)
 
 
+def worker_resources(trainer: dict[str, Any], cluster: dict[str, float]) -> dict[str, float]:
+    """What each Ray Train worker of the run reserves: `trainer.cpus_per_worker` CPUs and
+    `trainer.gpus_per_worker` GPUs (None: one when the cluster has GPUs). Fails, saying what to lower, when
+    the cluster can never host the run (Ray would wait for the resources forever)."""
+    gpus = trainer["gpus_per_worker"]
+    if gpus is None:
+        gpus = 1.0 if cluster.get("GPU", 0) > 0 else 0.0
+    resources = {"CPU": trainer["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
+    check_resources(trainer["workers"], resources, cluster)
+    return resources
+
+
 def check_resources(workers: int, per_worker: dict[str, float], cluster: dict[str, float]) -> None:
     """Fail before starting when the cluster cannot ever host the run: Ray would wait for resources forever."""
     if workers < 1:
@@ -172,11 +184,8 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
     directory = run_dir(cfg)
 
     connect_ray()
-    gpus = trainer_cfg["gpus_per_worker"]
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    resources = {"CPU": trainer_cfg["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
-    check_resources(trainer_cfg["workers"], resources, ray.cluster_resources())
+    resources = worker_resources(trainer_cfg, ray.cluster_resources())
+    gpus = resources.get("GPU", 0.0)
     trainer = _trainer_class(placement_group_cleaner=killable)(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "run_dir": str(directory)},
