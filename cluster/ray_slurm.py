@@ -54,7 +54,8 @@ RAY_JOB_ENV = {
 
 
 def log(message: str) -> None:
-    print(f"[cls-cluster {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    now = time.time()
+    print(f"[cls-cluster {time.strftime('%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d}] {message}", flush=True)
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,12 @@ class Job:
             log(f"cluster stopped in {time.monotonic() - t_end:.1f} s")
         if self.stop_signal == signal.SIGUSR1 and status == 130:
             log(f"requeueing job {alloc.job_id}: the requeued job runs the same command and continues")
-            subprocess.run(["scontrol", "requeue", str(alloc.job_id)], check=False)
+            if subprocess.run(["scontrol", "requeue", str(alloc.job_id)], check=False).returncode == 0:
+                # SLURM now ends this step; returning first would let submitit record a result for a job that
+                # is about to run again.
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    time.sleep(1)
         log(f"exit {status}")
         return status
 

@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "sweep": "cls.cli.sweep",
     "results": "cls.cli.results",
     "report": "cls.cli.report",
+    "submit": "cls.cli.submit",
+    "status": "cls.cli.status",
 }
 
 

@@ -103,13 +103,13 @@ start_munge() {
     chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
     runuser -u munge -- /usr/sbin/munged
     wait_for 10 "munged answering" sh -c 'munge -n | unmunge'
-    pgrep -x munged >"$PREFIX/run/munged.pid"     # ours: stopped on `down`
+    cp /run/munge/munged.pid "$PREFIX/run/munged.pid"     # ours: stopped on `down`
 }
 
 start_accounting() {
     mkdir -p /run/mysqld "$PREFIX/mysql-run" && chown mysql:mysql /run/mysqld "$PREFIX/mysql-run"  # mariadbd runs as mysql
     [ -d "$PREFIX/mysql/mysql" ] || mariadb-install-db --user=mysql --datadir="$PREFIX/mysql" --skip-test-db \
-        >"$PREFIX/log/mariadb-install.log" 2>&1
+        >"$PREFIX/log/mariadb-install.log" 2>&1 || { echo "slurm.sh: mariadb-install-db failed; see $PREFIX/log/mariadb-install.log" >&2; exit 1; }
     /usr/sbin/mariadbd --user=mysql --datadir="$PREFIX/mysql" --socket=/run/mysqld/mysqld.sock \
         --skip-networking --pid-file="$PREFIX/mysql-run/mariadbd.pid" --log-error="$PREFIX/mysql-run/mariadbd.log" \
         </dev/null >/dev/null 2>&1 &
@@ -137,7 +137,11 @@ up() {
     if alive "$PREFIX/run/slurmctld.pid"; then
         echo "slurm.sh: a dev SLURM is already up in $PREFIX; run '$0 down --prefix $PREFIX' first" >&2; exit 1
     fi
+    if (exec 3<>/dev/tcp/127.0.0.1/6817) 2>/dev/null; then
+        echo "slurm.sh: a SLURM controller already listens on port 6817 of this machine; stop it first" >&2; exit 1
+    fi
     mkdir -p "$PREFIX"/{etc,state/ctld,run,log}
+    chmod 755 "$PREFIX"  # mariadbd runs as mysql and must reach its datadir inside
     install_packages
     write_conf
     export SLURM_CONF=$CONF

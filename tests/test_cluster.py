@@ -1,0 +1,107 @@
+"""The Ray-on-SLURM bootstrap's pieces that need no SLURM: port blocks, `ray start` arguments, resources,
+bad input; and `cls submit` with submitit's local executor (the path taken where there is no SLURM)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cluster import ray_slurm
+from cluster.ray_slurm import BLOCK, PORT_HIGH, PORT_LOW, Allocation, Ports, node_resources, ports_for, ray_start_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ports_come_from_the_job_id_and_node_index():
+    a = ports_for(1234, 0, probe=False)
+    assert a == ports_for(1234, 0, probe=False)  # the same job gets the same ports on every start
+    blocks = {ports_for(job, node, probe=False).gcs for job in (1234, 1235) for node in (0, 1, 2)}
+    assert ports_for(1234, 1, probe=False).gcs != a.gcs and ports_for(1235, 0, probe=False).gcs != a.gcs
+    assert len(blocks) == 4  # job 1234 node 1 shares a block with job 1235 node 0; probing separates them
+    for job in (0, 1, 10**9 + 7):
+        ports = ports_for(job, 3, probe=False).all()
+        assert len(ports) == len(set(ports)) and max(ports) - min(ports) < BLOCK  # one block, no port twice
+        assert PORT_LOW <= min(ports) and max(ports) < PORT_HIGH  # under the kernel's ephemeral range
+
+
+def test_a_block_in_use_is_skipped():
+    first = ports_for(777, 0, probe=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first.min_worker + 5))  # even a worker port in the block makes it busy
+        chosen = ports_for(777, 0, "127.0.0.1")
+    assert chosen != first and chosen.gcs == ports_for(777, 1, probe=False).gcs
+
+
+def test_ray_start_binds_the_dashboard_to_the_node_address_only():
+    ports = Ports.of_block(20_000)
+    head = ray_start_args(ports, "10.1.2.3", 8, 2, Path("/tmp/cls-5-0"), None)
+    assert "--head" in head and "--dashboard-host=10.1.2.3" in head and "--node-ip-address=10.1.2.3" in head
+    assert f"--port={ports.gcs}" in head and f"--dashboard-port={ports.dashboard}" in head
+    assert "--num-cpus=8" in head and "--num-gpus=2" in head
+    assert not any("0.0.0.0" in a for a in head)
+    worker = ray_start_args(ports, "10.1.2.4", 8, 0, Path("/tmp/cls-5-1"), "10.1.2.3:20000")
+    assert "--address=10.1.2.3:20000" in worker and "--head" not in worker
+    assert not any(a.startswith("--dashboard-") and "agent" not in a for a in worker)
+
+
+def test_short_temp_dirs(monkeypatch):
+    monkeypatch.delenv("CLS_RAY_TMP", raising=False)
+    # Ray puts Unix sockets under session_<date>_<time>_<pid>/sockets/: the root must stay short.
+    assert len(str(ray_slurm.temp_dir(12345678, 15))) <= 24
+
+
+def test_resources_are_slurms_and_absent_gpus_are_not_given_to_ray(monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "6")
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "2")
+    monkeypatch.setattr(ray_slurm.os.path, "exists", lambda p: p == "/dev/nvidiactl")
+    assert node_resources() == (6, 2)
+    monkeypatch.setattr(ray_slurm.os.path, "exists", lambda p: False)
+    assert node_resources() == (6, 0)
+    assert "no NVIDIA device is present" in capsys.readouterr().out
+
+
+def test_outside_slurm_the_bootstrap_says_how_to_run(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(RuntimeError, match="sbatch.*cls submit"):
+        Allocation.from_env()
+    no_command = subprocess.run([sys.executable, "-m", "cluster.ray_slurm", "job", "--"], cwd=REPO,
+                                capture_output=True, text=True)
+    assert no_command.returncode == 2 and "give the command to run after --" in no_command.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweeps/quickstart.yaml", "--nodes", "0"], "--nodes must be at least 1"),
+    (["sweeps/quickstart.yaml", "--gpus-per-node", "-1"], "--gpus-per-node must be 0 or more"),
+    (["sweeps/nope.yaml"], "no sweep file sweeps/nope.yaml"),
+])
+def test_cls_submit_rejects_bad_input(args, message):
+    result = subprocess.run([sys.executable, "-m", "cls", "submit", *args], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_cls_status_without_a_running_job(tmp_path):
+    env = {**os.environ, "CLS_JOBS_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "cls", "status", "--job", "42"], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 1 and f"no running cluster for job 42 in {tmp_path}" in result.stdout
+
+
+@pytest.mark.slow
+def test_cls_submit_without_slurm_runs_locally(tmp_path):
+    sweep = tmp_path / "one.yaml"
+    sweep.write_text("experiment: dnffm_digits\noverrides: [trainer.epochs=1]\naxes:\n  seed: {grid: [0]}\n"
+                     "metric: eval_top1\nmode: max\n"
+                     "resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent: 1}\n")
+    result = subprocess.run([sys.executable, "-m", "cls", "submit", str(sweep), "--local",
+                             "--folder", str(tmp_path / "submitit")], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "the sweep exited with 0" in result.stdout
+    trials = pd.read_parquet(Path(os.environ["CLS_RESULTS"]) / "trials", filters=[("sweep", "==", "one")])
+    assert list(trials["status"]) == ["finished"]

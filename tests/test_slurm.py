@@ -1,0 +1,199 @@
+"""The SLURM path end to end on a real 2-node SLURM started on this machine (cluster/dev/slurm.sh): the
+sbatch scripts, the Ray bootstrap, the dashboard's exposure, preemption with requeue, and `cls submit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cluster.ray_slurm import alive_nodes
+from cluster.status import running_trials
+from tests.polling import wait_for
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+# The quickstart cut to one seed: 4 trials of 2 epochs on 2 nodes x 2 CPUs.
+QUICKSTART = ["sweeps/quickstart.yaml", "sweep.axes.seed={grid:[0]}"]
+TRIALS, EPOCHS = 4, 2
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A 2-node SLURM with accounting (submitit reads sacct), up for this module and down after it."""
+    prefix = tempfile.mkdtemp(prefix="cls-slurm-")  # short: slurmd's sockets live under it
+    script = str(REPO / "cluster" / "dev" / "slurm.sh")
+    up = subprocess.run(["bash", script, "up", "--nodes", "2", "--accounting", "--prefix", prefix],
+                        capture_output=True, text=True)
+    assert up.returncode == 0, f"the dev SLURM did not come up:\n{up.stdout}\n{up.stderr}"
+    yield {"SLURM_CONF": f"{prefix}/etc/slurm.conf"}
+    down = subprocess.run(["bash", script, "down", "--prefix", prefix], capture_output=True, text=True)
+    shutil.rmtree(prefix, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture
+def job_env(slurm, tmp_path):
+    return {**os.environ, **slurm, "CLS_JOBS_DIR": str(tmp_path / "jobs"), "CLS_PYTHON": sys.executable}
+
+
+def sbatch(env, tmp_path, *args: str, wait: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["sbatch", *(["--wait"] if wait else ["--parsable"]), "--gpus-per-node=1", "--cpus-per-task=2", "--time=30",
+         f"--output={tmp_path}/job-%j.out", "slurm/sweep_dnffm.sh", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def job_log(tmp_path) -> str:
+    logs = list(tmp_path.glob("job-*.out"))
+    return logs[0].read_text() if logs else ""
+
+
+def slurm_out(env, *args: str) -> str:
+    return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def cluster_info(env) -> dict:
+    found = wait_for(lambda: list(Path(env["CLS_JOBS_DIR"]).glob("*/cluster.json")), timeout=180,
+                     what="the job's cluster.json")
+    return json.loads(found[0].read_text())
+
+
+def get(url: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def other_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback, where the dashboard must not answer."""
+    return [a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+            if "." in a and not a.startswith("127.")]
+
+
+def assert_store_complete(results: Path, finished_trials: int = TRIALS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    # What a researcher reads: plain pandas over the Parquet files, no deduplication on our side.
+    trials = pd.read_parquet(results / "trials", filters=[("sweep", "==", "quickstart")])
+    epochs = pd.read_parquet(results / "epochs", filters=[("sweep", "==", "quickstart")])
+    assert len(trials) == finished_trials and trials["trial_id"].is_unique, trials[["trial_id", "status"]]
+    assert set(trials["status"]) == {"finished"}
+    assert len(epochs) == finished_trials * EPOCHS
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(epochs["epoch"].unique()) == list(range(EPOCHS))
+    return trials, epochs
+
+
+def assert_nothing_left(job_id: str, env) -> None:
+    assert not list(Path(env["CLS_JOBS_DIR"]).glob(f"{job_id}/*")), "the job's token and cluster.json remain"
+    assert not list(Path("/tmp").glob(f"cls-{job_id}-*")), "a Ray temp dir remains"
+    left = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        # Every process of the job carries its id in its environment (srun passes it on to Ray's processes).
+        if f"SLURM_JOB_ID={job_id}".encode() in environ or f"/cls-{job_id}-".encode() in cmdline:
+            left.append(cmdline.decode(errors="replace")[:120])
+    assert not left, f"processes left behind by job {job_id}: {left}"
+
+
+def test_sbatch_quickstart_on_two_nodes(job_env, tmp_path):
+    job = sbatch(job_env, tmp_path, *QUICKSTART, wait=True)
+    info = cluster_info(job_env)
+    token = Path(info["token_path"]).read_text()
+    assert Path(info["token_path"]).stat().st_mode & 0o777 == 0o600
+    assert Path(info["token_path"]).parent.stat().st_mode & 0o777 == 0o700
+
+    # Both nodes are in the Ray cluster, each with SLURM's CPUs.
+    assert len(alive_nodes(info["dashboard"], token)) == 2
+    # The dashboard answers on the head's address with the token, refuses without, and is not on any
+    # other address of the machine.
+    head, port = info["dashboard"].removeprefix("http://").split(":")
+    assert get(f"{info['dashboard']}/api/v0/nodes", token) == 200
+    assert get(f"{info['dashboard']}/api/v0/nodes") == 401
+    assert get(f"{info['dashboard']}/api/jobs/", "0" * 64) in (401, 403)
+    addresses = other_addresses()
+    assert addresses, "this machine has no non-loopback IPv4 address to check the dashboard against"
+    for address in addresses:
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((address, int(port))) != 0, f"the dashboard answers on {address}"
+
+    # `cls status` sees a running trial and, once it has one, its latest epoch.
+    trials = wait_for(lambda: [t for t in running_trials(info) if "epoch" in t], timeout=240,
+                      what="a running trial with an epoch in `cls status`")
+    assert trials[0]["trial_id"].startswith("dnffm-digits-") and "eval_top1" in trials[0]
+    status = subprocess.run([sys.executable, "-m", "cls", "status", "--job", str(info["job_id"])], env=job_env,
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and f"job {info['job_id']}: 2 nodes" in status.stdout, status
+
+    assert job.wait(timeout=600) == 0, job_log(tmp_path)[-3000:]
+    log = job_log(tmp_path)
+    assert "2 nodes joined" in log and f"ssh -N -L {port}:{head}:{port}" in log
+    assert_store_complete(Path(os.environ["CLS_RESULTS"]))
+    assert_nothing_left(str(info["job_id"]), job_env)
+
+
+def test_usr1_mid_sweep_requeues_and_the_sweep_completes(job_env, tmp_path):
+    job = sbatch(job_env, tmp_path, *QUICKSTART)
+    out, err = job.communicate(timeout=30)
+    assert job.returncode == 0, err
+    job_id = out.strip().split(";")[0]
+    results = Path(os.environ["CLS_RESULTS"])
+
+    wait_for(lambda: re.search(r"\[2/4\] \S+ started", job_log(tmp_path)), timeout=300, what="the second trial")
+    before = pd.read_parquet(results / "trials")
+    first = before[before["status"] == "finished"]
+    assert len(first) == 1
+    slurm_out(job_env, "scancel", "--batch", "--signal=USR1", job_id)  # what --signal=B:USR1@300 sends
+
+    # The job saves, stops its cluster and requeues itself. SLURM holds a requeued job ~2 min before it may
+    # start again; the test lifts that hold instead of waiting it out.
+    wait_for(lambda: slurm_out(job_env, "squeue", "-h", "-j", job_id, "-o", "%T") == "PENDING", timeout=120,
+             what="the job to be requeued")
+    slurm_out(job_env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    wait_for(lambda: slurm_out(job_env, "squeue", "-h", "-j", job_id, "-o", "%T") == "", timeout=600,
+             what="the requeued job to end")
+    state = slurm_out(job_env, "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode").splitlines()
+    assert state[-1] == "COMPLETED|0:0", (state, job_log(tmp_path)[-3000:])
+
+    log = job_log(tmp_path)
+    assert "received SIGUSR1" in log and "requeueing job" in log
+    assert "requeued 1 time(s)" in log and "1 finished earlier, 3 to run" in log
+    trials, _ = assert_store_complete(results)
+    # The trial that finished before the signal was not run again.
+    again = trials.set_index("trial_id").loc[first["trial_id"].iloc[0]]
+    assert again["attempts"] == 1 and again["started_at"] == first["started_at"].iloc[0]
+    assert_nothing_left(job_id, job_env)
+
+
+def test_cls_submit_runs_the_quickstart_through_submitit(job_env, tmp_path):
+    submit = subprocess.run(
+        [sys.executable, "-m", "cls", "submit", *QUICKSTART[:1], "--nodes", "2", "--cpus-per-node", "2",
+         "--time", "30", "--folder", str(tmp_path / "submitit"), *QUICKSTART[1:]],
+        cwd=REPO, env=job_env, capture_output=True, text=True, timeout=900)
+    assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-3000:]
+    job_id = re.search(r"submitted job (\d+)", submit.stdout).group(1)
+    assert f"job {job_id} finished: the sweep exited with 0" in submit.stdout
+    log = (tmp_path / "submitit" / f"{job_id}_0_log.out").read_text()
+    assert "2 nodes joined" in log
+    assert_store_complete(Path(os.environ["CLS_RESULTS"]))
+    assert_nothing_left(job_id, job_env)
