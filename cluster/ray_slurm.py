@@ -366,7 +366,9 @@ def _listening(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def dashboard_get(url: str, token: str, timeout: float = 5.0):
+def dashboard_get(url: str, token: str, timeout: float = 30.0):
+    """GET a dashboard REST endpoint with the job's token. A head whose cores the trials share can take
+    seconds to answer, hence the long timeout."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)

@@ -75,7 +75,7 @@ def cluster_info(env) -> dict:
 def get(url: str, token: str | None = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -138,8 +138,13 @@ def test_sbatch_quickstart_on_two_nodes(job_env, tmp_path):
             assert s.connect_ex((address, int(port))) != 0, f"the dashboard answers on {address}"
 
     # `cls status` sees a running trial and, once it has one, its latest epoch.
-    trials = wait_for(lambda: [t for t in running_trials(info) if "epoch" in t], timeout=240,
-                      what="a running trial with an epoch in `cls status`")
+    def running_with_epoch():
+        try:
+            return [t for t in running_trials(info) if "epoch" in t]
+        except OSError:  # the dashboard, on the cores the trials use, did not answer in time: ask again
+            return []
+
+    trials = wait_for(running_with_epoch, timeout=300, what="a running trial with an epoch in `cls status`")
     assert trials[0]["trial_id"].startswith("dnffm-digits-") and "eval_top1" in trials[0]
     status = subprocess.run([sys.executable, "-m", "cls", "status", "--job", str(info["job_id"])], env=job_env,
                             capture_output=True, text=True)

@@ -61,7 +61,15 @@ def _cli(tmp_path: Path, *overrides: str) -> list[str]:
 
 
 def _checkpoint_epochs(run_dir: Path) -> list[int]:
-    return sorted(load_checkpoint(p)["epoch"] for p in run_dir.glob("checkpoint_*/checkpoint.pt"))
+    """Epochs of the checkpoints Ray has finished copying into the run dir. Ray copies a checkpoint in (not
+    atomically) before registering it, so a poll can meet a file still being written: not a checkpoint yet."""
+    epochs = []
+    for path in run_dir.glob("checkpoint_*/checkpoint.pt"):
+        try:
+            epochs.append(load_checkpoint(path)["epoch"])
+        except (RuntimeError, EOFError):
+            continue
+    return sorted(epochs)
 
 
 def test_a_killed_run_started_again_continues_with_the_same_optimizer_state(tmp_path):
