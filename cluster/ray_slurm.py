@@ -228,6 +228,10 @@ class Job:
             return  # one stop per job: a second Ctrl-C to Tune would skip its final save
         self.stop_signal = signum
         log(f"received {signal.Signals(signum).name}: stopping the command so that it saves its state")
+        if signum == signal.SIGTERM:
+            # SLURM is ending the job: it has signalled every Ray process too and sends SIGKILL after KillWait
+            # (30 s by default), which may come before our own cleanup. The token goes now.
+            shutil.rmtree(self.job_dir, ignore_errors=True)
         if self.driver is not None and self.driver.poll() is None:
             self.driver.send_signal(signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGINT)
 

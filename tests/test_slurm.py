@@ -202,3 +202,25 @@ def test_cls_submit_runs_the_quickstart_through_submitit(job_env, tmp_path):
     assert "2 nodes joined" in log
     assert_store_complete(Path(os.environ["CLS_RESULTS"]))
     assert_nothing_left(job_id, job_env)
+
+
+def test_a_cancelled_job_submitted_again_completes_the_sweep(job_env, tmp_path):
+    """scancel (SIGTERM to the batch step and every Ray process at once, SIGKILL 5 s later) mid-sweep, then
+    the same sbatch again: the sweep completes with every row once and the finished trial not rerun."""
+    results = Path(os.environ["CLS_RESULTS"])
+    job = sbatch(job_env, tmp_path, *QUICKSTART)
+    job_id = job.communicate(timeout=30)[0].strip().split(";")[0]
+    wait_for(lambda: re.search(r"\[2/4\] \S+ started", job_log(tmp_path)), timeout=300, what="the second trial")
+    first = pd.read_parquet(results / "trials").query("status == 'finished'")
+    slurm_out(job_env, "scancel", job_id)
+    wait_for(lambda: slurm_out(job_env, "squeue", "-h", "-j", job_id, "-o", "%T") == "", timeout=120,
+             what="the cancelled job to end")
+    assert_nothing_left(job_id, job_env)
+
+    (tmp_path / "again").mkdir()
+    again = sbatch(job_env, tmp_path / "again", *QUICKSTART, wait=True)
+    assert again.wait(timeout=600) == 0, job_log(tmp_path / "again")[-3000:]
+    assert "1 finished earlier, 3 to run" in job_log(tmp_path / "again")
+    trials, _ = assert_store_complete(results)
+    kept = trials.set_index("trial_id").loc[first["trial_id"].iloc[0]]
+    assert kept["attempts"] == 1 and kept["started_at"] == first["started_at"].iloc[0]

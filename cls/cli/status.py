@@ -22,6 +22,12 @@ def run(args: argparse.Namespace) -> int:
         which = f"job {args.job}" if args.job is not None else "any job"
         print(f"no running cluster for {which} in {jobs_dir()} (a job's entry exists while its Ray cluster is up)")
         return 1 if args.job is not None else 0
+    status = 0
     for info in jobs:
-        print(format_status(info, running_trials(info)))
-    return 0
+        try:
+            print(format_status(info, running_trials(info)))
+        except OSError as e:  # the job was killed before it could remove its entry, or its head is down
+            print(f"job {info['job_id']}: its dashboard {info['dashboard']} does not answer ({e}); if the job has "
+                  f"ended (squeue -j {info['job_id']}), remove {jobs_dir() / str(info['job_id'])}")
+            status = 1
+    return status
