@@ -211,9 +211,9 @@ def node_main(args: argparse.Namespace) -> int:
 class Job:
     """The batch step: starts the nodes, runs the command, stops everything, maybe requeues."""
 
-    def __init__(self, command: list[str], join_timeout: float) -> None:
+    def __init__(self, command: list[str], join_timeout: float | None = None) -> None:
         self.command = command
-        self.join_timeout = join_timeout
+        self.join_timeout = float(os.environ.get("CLS_RAY_JOIN_TIMEOUT", "180")) if join_timeout is None else join_timeout
         self.alloc = Allocation.from_env()
         self.steps: list[subprocess.Popen] = []
         self.driver: subprocess.Popen | None = None
@@ -300,7 +300,9 @@ class Job:
         token = env["RAY_AUTH_TOKEN"]
         if not self._wait(lambda: len(alive_nodes(self.dashboard, token)) == len(alloc.nodes), steps,
                           f"all {len(alloc.nodes)} nodes to join"):
-            joined = alive_nodes(self.dashboard, token) if _listening(self.head_ip, self.ports.dashboard) else []
+            joined = []
+            with contextlib.suppress(OSError, ValueError, KeyError):  # the head may be down as well
+                joined = alive_nodes(self.dashboard, token)
             return self._failed_start(f"{len(joined)} of {len(alloc.nodes)} nodes joined "
                                       f"({', '.join(joined) or 'none'})", "ray-*.log")
         log(f"Ray cluster up: {len(alloc.nodes)} nodes joined {time.monotonic() - self.t0:.1f} s after the job "
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --, e.g. -- cls sweep sweeps/quickstart.yaml")
-    return Job(command, float(os.environ.get("CLS_RAY_JOIN_TIMEOUT", "180"))).run()
+    return Job(command).run()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class SweepJob:
         if "SLURM_JOB_ID" in os.environ:
             from cluster.ray_slurm import Job
 
-            return Job(self.command, float(os.environ.get("CLS_RAY_JOIN_TIMEOUT", "180"))).run()
+            return Job(self.command).run()
         return subprocess.run(self.command).returncode
 
 
@@ -42,6 +42,10 @@ def submit(sweep: str, overrides: list[str], *, nodes: int = 1, gpus_per_node: i
     path = Path(sweep)
     if not path.is_file():
         raise FileNotFoundError(f"no sweep file {sweep}; the sweeps are in sweeps/, e.g. sweeps/quickstart.yaml")
+    # The whole sweep is checked here, before it waits in a queue: a typo fails now, with its line.
+    from cls.sweep import expand, load_sweep
+
+    expand(load_sweep(path, overrides))
     command = [sys.executable, "-m", "cls", "sweep", str(path.absolute()), *overrides]
     runs = Path(os.environ.get("CLS_RUNS", "runs"))
     # Its own folder per submission: SLURM job ids restart when a cluster's state is wiped.

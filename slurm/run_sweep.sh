@@ -12,5 +12,7 @@ python=${CLS_PYTHON:-python3}
 [ -z "${CLS_PYTHON:-}" ] && [ -x .venv/bin/python ] && python=.venv/bin/python
 sweep=$1; shift
 if [[ ${1:-} == *.yaml ]]; then sweep=$1; shift; fi
+# Before any Ray node starts: a missing file is the commonest mistake (cls sweep checks the rest).
+[ -f "$sweep" ] || { echo "run_sweep.sh: no sweep file $sweep in $PWD; the sweeps are in sweeps/" >&2; exit 2; }
 # exec: the Ray bootstrap becomes the batch shell, so SLURM's B:USR1 warning and SIGTERM reach it directly.
 exec "$python" -m cluster.ray_slurm job -- "$python" -m cls sweep "$sweep" "$@"

@@ -79,10 +79,16 @@ def test_outside_slurm_the_bootstrap_says_how_to_run(monkeypatch):
     (["sweeps/quickstart.yaml", "--nodes", "0"], "--nodes must be at least 1"),
     (["sweeps/quickstart.yaml", "--gpus-per-node", "-1"], "--gpus-per-node must be 0 or more"),
     (["sweeps/nope.yaml"], "no sweep file sweeps/nope.yaml"),
+    # Checked before submission, so it fails now rather than after waiting in the queue.
+    (["sweeps/quickstart.yaml", "sweep.axes.model.tau.grid=[]"], "quickstart.yaml"),
+    (["sweeps/quickstart.yaml", "model.tau=abc"], "model.tau"),
 ])
-def test_cls_submit_rejects_bad_input(args, message):
-    result = subprocess.run([sys.executable, "-m", "cls", "submit", *args], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 2 and message in result.stderr
+def test_cls_submit_rejects_bad_input(args, message, tmp_path):
+    folder = tmp_path / "submitit"
+    result = subprocess.run([sys.executable, "-m", "cls", "submit", *args, "--folder", str(folder)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert not folder.exists()  # nothing submitted, nothing written
 
 
 def test_cls_status_without_a_running_job(tmp_path):
@@ -105,3 +111,11 @@ def test_cls_submit_without_slurm_runs_locally(tmp_path):
     assert "the sweep exited with 0" in result.stdout
     trials = pd.read_parquet(Path(os.environ["CLS_RESULTS"]) / "trials", filters=[("sweep", "==", "one")])
     assert list(trials["status"]) == ["finished"]
+
+
+def test_a_batch_script_with_a_missing_sweep_file_stops_before_starting_ray():
+    env = {**os.environ, "SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_ID": "1"}
+    result = subprocess.run(["bash", "slurm/sweep_dnffm.sh", "sweeps/typo.yaml"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no sweep file sweeps/typo.yaml" in result.stderr
+    assert "cls-cluster" not in result.stdout  # the bootstrap never ran
