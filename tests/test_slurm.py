@@ -224,3 +224,14 @@ def test_a_cancelled_job_submitted_again_completes_the_sweep(job_env, tmp_path):
     trials, _ = assert_store_complete(results)
     kept = trials.set_index("trial_id").loc[first["trial_id"].iloc[0]]
     assert kept["attempts"] == 1 and kept["started_at"] == first["started_at"].iloc[0]
+
+
+def test_a_cluster_that_cannot_start_fails_clearly_and_leaves_nothing(job_env, tmp_path):
+    # Every node's temp dir is unwritable, so the head's step dies before Ray starts.
+    env = {**job_env, "CLS_RAY_TMP": "/proc/cls-cannot-write", "CLS_RAY_JOIN_TIMEOUT": "60"}
+    job = sbatch(env, tmp_path, *QUICKSTART, wait=True)
+    assert job.wait(timeout=300) == 1
+    log = job_log(tmp_path)
+    assert "error: the Ray head did not start" in log and "ray-head.log" in log and "running:" not in log
+    job_id = re.search(r"job (\d+) on 2 node", log).group(1)
+    assert_nothing_left(job_id, job_env)
