@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "gradcam": "cls.cli.gradcam",
     "sweep": "cls.cli.sweep",
     "results": "cls.cli.results",
+    "compare": "cls.cli.compare",
     "report": "cls.cli.report",
     "submit": "cls.cli.submit",
     "status": "cls.cli.status",
