@@ -155,8 +155,9 @@ def test_cli_report_prints_the_report_path(store, tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("CLS_RESULTS", str(store))
     monkeypatch.chdir(tmp_path)
     assert main(["report", SWEEP, "--metric", "final_eval_top1"]) == 0
-    out = Path(capsys.readouterr().out.strip())
-    assert out == Path("reports") / SWEEP / "report.md" and "by `final_eval_top1`" in out.read_text()
+    md, page = map(Path, capsys.readouterr().out.split())
+    assert md == Path("reports") / SWEEP / "report.md" and "by `final_eval_top1`" in md.read_text()
+    assert page == md.with_name("report.html") and "by <code>final_eval_top1</code>" in page.read_text()
     assert main(["report", "nope", "--root", str(store), "--out", str(tmp_path / "x")]) == 2
     assert "cls report: error: no trials of sweep 'nope'" in capsys.readouterr().err
 
@@ -206,3 +207,60 @@ def test_transcribed_numbers():
     assert [r.value for r in paper_table("seed002_table2").rows] == [85.32, 87.13, 86.57, 88.35, 88.59, 90.84]
     with pytest.raises(ValueError, match="seed000_table1"):
         paper_table("table9")
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    from browser import Chromium, find_or_install
+
+    executable = find_or_install()
+    if executable is None:
+        pytest.skip("needs Debian's chromium: run the tests as root (they apt-get it) or `sudo apt-get install chromium`")
+    with Chromium(executable, tmp_path_factory.mktemp("chromium")) as browser:
+        yield browser
+
+
+def one_colour(png: bytes) -> bool:
+    import io
+
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB").getcolors(1) is not None  # None: more than one colour
+
+
+def test_html_report_is_one_self_contained_file(report):
+    page = (report.parent / "report.html").read_text()
+    # Every src is inline data; no href but the empty inline favicon; no script at all.
+    sources = re.findall(r'\bsrc="([^"]*)"', page)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert re.findall(r'\bhref="([^"]*)"', page) == ["data:,"]
+    assert not re.search(r"""(src|href|url)\s*[=(]\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "<script" not in page.lower()
+    # The same content as report.md: configurations, comparisons, paper tables beside ours, loss curves.
+    table1 = paper_table("seed000_table1")
+    for text in ("Configurations by", "Comparisons", "experiment=dnffm_cifar10 vs baseline_cifar10",
+                 table1.title, "Loss curves", "Configuration shared by every trial", "<table>"):
+        assert text in page, text
+    # Each value the markdown shows for DNFFM's CIFAR10 row is in the page's table.
+    want = expected("dnffm_cifar10", table1.scale)
+    assert f"<td>{want['mean']:.2f} ± {want['std']:.2f} (n={want['count']})</td>" in page
+
+
+def test_html_report_loads_in_chromium_with_no_request_error_or_blank_screen(report, chromium):
+    page = chromium.load(report.parent / "report.html")
+    assert page.failed == [] and page.errors == [], (page.failed, page.errors)
+    assert all(url.startswith(("file:", "data:")) for url in page.requests), page.requests
+    assert page.images == 3 and page.broken_images == []
+    assert page.screenshot.startswith(b"\x89PNG") and not one_colour(page.screenshot)
+
+
+def test_the_chromium_check_sees_a_failed_request_and_a_console_error(tmp_path, chromium):
+    """The check above can fail: a page that loads an external image and logs an error is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><body style="background:#fff"><img src="http://192.0.2.1/x.png">'
+                   '<script>console.error("boom")</script></body></html>')
+    page = chromium.load(bad)
+    assert page.failed and "boom" in page.errors and any(u.startswith("http://192.0.2.1/") for u in page.requests)
+    assert page.broken_images == ["http://192.0.2.1/x.png"]
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    assert one_colour(chromium.load(blank).screenshot)

@@ -23,5 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Defaults resolved here, not in add_parser, so that $CLS_RESULTS is read when the command runs.
     root = args.root or Path(default_root())
-    print(write_report(root, args.sweep, args.out or Path("reports") / args.sweep, metric=args.metric))
+    path = write_report(root, args.sweep, args.out or Path("reports") / args.sweep, metric=args.metric)
+    print(path)
+    print(path.with_name("report.html"))
     return 0

@@ -211,8 +211,8 @@ def _verdict(r: dict[str, Any], axis: str, metric: str, by: list[str]) -> str:
         return f"{head} {diff:+.4f} {metric} from 1 pair: at least 2 pairs are needed to see how much seeds vary"
     if r["sd_diff"] == 0:
         return f"{head} every one of the {n} pairs differs by exactly {diff:+.4f} {metric}: no spread, no test"
-    need = r["seeds_needed"]
-    need_text = (f"about {need} seeds" if need is not None else f"more than {MAX_SEEDS} seeds")
+    need = r["seeds_needed"]  # None or NaN (a float column once another row has a number): past MAX_SEEDS
+    need_text = f"more than {MAX_SEEDS} seeds" if need is None or pd.isna(need) else f"about {int(need)} seeds"
     ci = f"95% CI [{r['t_low']:+.4f}, {r['t_high']:+.4f}]"
     if np.isnan(r["p_t"]):
         return (f"{head} {diff:+.4f} {metric} ({ci}) from only {n} pairs: too few for a p-value; "

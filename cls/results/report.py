@@ -1,6 +1,10 @@
 """`write_report`: one sweep of the results store as `report.md`, its own configurations aggregated over
-seeds and set beside the seed papers' tables (`cls.results.paper`), with PNG plots: loss curves in the style
-of seed 000 Fig. 3 and one bar chart (paper vs ours) per reproduced table.
+seeds, the paired comparison (`cls.results.compare`) of each axis, and the seed papers' tables
+(`cls.results.paper`) beside ours, with PNG plots: loss curves in the style of seed 000 Fig. 3 and one bar
+chart (paper vs ours) per reproduced table. The same report as `report.html`: one self-contained file
+(its plots inline as data: URIs, its style in the page, no script and no external URL) that opens from a
+laptop's disk after an rsync, with no network. Every file is written atomically: a browser reloading
+during a `--watch` rewrite sees the old report or the new one.
 
 Only complete trials are aggregated: "finished" and "stopped" (ended early by a scheduler; its metrics
 stand). Failed trials are listed, running ones counted.
@@ -8,8 +12,12 @@ stand). Failed trials are listed, running ones counted.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import html
+import io
 import os
+import re
 import textwrap
 from pathlib import Path, PurePath
 from typing import Any, Mapping
@@ -17,8 +25,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from cls.data.layout import write_atomic
+
+from .compare import compare
 from .paper import TABLES, PaperTable
-from .read import aggregate, configuration_columns, load
+from .read import SEED_AXIS, aggregate, configuration_columns, load
 
 COMPLETE = ("finished", "stopped")
 DEFAULT_METRIC = "best_eval_top1"
@@ -27,9 +38,9 @@ LOSSES = (("train_loss", "-", "train"), ("eval_loss", "--", "eval"))  # seed 000
 
 
 def write_report(root: str | os.PathLike, sweep: str, out_dir: str | os.PathLike, metric: str | None = None) -> Path:
-    """Write report.md, loss_curves.png and one <table_id>.png per reproduced paper table into `out_dir`;
-    return the path of report.md. `metric`: a trials column (default best_eval_top1); the paper tables are
-    compared on its best_/final_ statistic of each table's metric."""
+    """Write report.md, report.html, loss_curves.png and one <table_id>.png per reproduced paper table into
+    `out_dir`; return the path of report.md. `metric`: a trials column (default best_eval_top1); the paper
+    tables are compared on its best_/final_ statistic of each table's metric."""
     trials = load(root, "trials", sweep=sweep)
     if trials.empty:
         known = sorted(p.name.partition("=")[2] for p in (Path(root) / "trials").glob("sweep=*"))
@@ -53,6 +64,7 @@ def write_report(root: str | os.PathLike, sweep: str, out_dir: str | os.PathLike
              f"Trials: {len(trials)} ({counts}). Aggregated: the {len(done)} finished or stopped trials, "
              f"mean ± sample std over seeds, n = trials with a value.", ""]
     lines += _sweep_section(done, configs, metric)
+    lines += _comparison_sections(trials, metric)
     failed = trials[status == "failed"]
     if len(failed):
         lines += ["## Failed trials (not aggregated)", ""]
@@ -64,9 +76,117 @@ def write_report(root: str | os.PathLike, sweep: str, out_dir: str | os.PathLike
         lines += ["## Loss curves", "", "Training (solid) and evaluation (dashed) loss per epoch, mean over seeds with "
                   "a ± std band (seed 000 Fig. 3), one panel per dataset.", "", "![loss curves](loss_curves.png)", ""]
     lines += _paper_sections(done, configs, metric, out)
+    lines += _shared_config(trials)
+    text = "\n".join(lines)
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_atomic(path, text.encode())
+    write_atomic(out / "report.html", to_html(text, out, title=f"Sweep {sweep}").encode())
     return path
+
+
+def to_html(markdown: str, images: Path, title: str) -> str:
+    """`markdown` as one self-contained HTML page: each image it references (a file in `images`) inline as a
+    data: URI, raw HTML in the text (an error message with "<") escaped, links and images to anything but
+    those files removed, so that opening the page never makes a request."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+    def inline(match: re.Match) -> str:
+        name = html.unescape(match.group(1))
+        path = images / name
+        if "/" in name or not name.endswith(".png") or not path.is_file():
+            return 'src=""'
+        return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
+
+    body = re.sub(r'src="([^"]*)"', inline, body)
+    body = re.sub(r'<a href="[^"]*">', "<a>", body)  # the report's text links nowhere; a URL in it stays text
+    return _PAGE.format(title=html.escape(title), body=body)
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>{title}</title>
+<link rel="icon" href="data:,">
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #1a1a1a;
+       background: #fff; line-height: 1.45; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; }}
+th {{ background: #eef2f7; }}
+tr:nth-child(even) td {{ background: #f8f9fb; }}
+code {{ background: #f1f1f1; padding: 0 0.2rem; }}
+img {{ max-width: 100%; }}
+h1 {{ border-bottom: 2px solid #36c; }}
+</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
+def _comparison_sections(trials: pd.DataFrame, metric: str) -> list[str]:
+    """`cls compare` of each axis of the sweep (but the seed), paired on the others and the seed."""
+    axes = sorted(c for c in trials.columns if c.startswith("axis.") and c != SEED_AXIS
+                  and trials[c].nunique() > 1)
+    if not axes:
+        return []
+    lines = ["## Comparisons", "",
+             f"Each value of an axis against its baseline on `{metric}`, trials paired on the other axes and the "
+             "seed (`cls compare`): mean difference, 95% CIs (t interval; percentile bootstrap of the pairs), "
+             "paired t-test and Wilcoxon signed-rank p-values with Holm's correction over the axis's comparisons; "
+             "with fewer than 5 pairs, the seeds a paired t-test would need instead of a p-value.", ""]
+    for axis in axes:
+        name = axis.removeprefix("axis.")
+        lines += [f"### `{name}`", ""]
+        try:
+            result = compare(trials, axis, metric=metric)
+        except ValueError as e:
+            lines += [f"Not compared: {e}.", ""]
+            continue
+        lines += [f"- {v}" for v in result.table["verdict"]] + [""]
+        header = ["value", "baseline", "pairs", "mean diff", "95% CI (t)", "95% CI (bootstrap)",
+                  "p t-test (Holm)", "p Wilcoxon (Holm)", "seeds needed"]
+        rows = [[str(r.value), str(r.baseline), str(r.n), _num(r.mean_diff), _interval(r.t_low, r.t_high),
+                 _interval(r.boot_low, r.boot_high), _pvalues(r.p_t, r.p_t_holm), _pvalues(r.p_wilcoxon, r.p_wilcoxon_holm),
+                 "" if r.seeds_needed is None or pd.isna(r.seeds_needed) else str(int(r.seeds_needed))]
+                for r in result.table.itertuples(index=False)]
+        lines += _markdown(header, rows) + [""]
+        lines += [f"- unpaired: `{r.trial_id}` ({r.label}) has no partner with {r.missing}"
+                  for r in result.unpaired.itertuples(index=False)]
+        lines += [f"- not compared: `{r.trial_id}` ({r.label}): {r.reason}"
+                  for r in result.incomplete.itertuples(index=False)]
+        lines += [f"- note: {n}" for n in result.notes]
+        lines += [""] if len(result.unpaired) or len(result.incomplete) or result.notes else []
+    return lines
+
+
+def _shared_config(trials: pd.DataFrame) -> list[str]:
+    """The config every trial of the sweep shares (what the configurations' table does not show)."""
+    columns = [c for c in trials.columns if "." in c and not c.startswith(("axis.", "final_", "best_"))
+               and trials[c].nunique(dropna=False) == 1]
+    if not columns:
+        return []
+    first = trials.iloc[0]
+    return ["## Configuration shared by every trial", "",
+            *_markdown(["key", "value"], [[f"`{c}`", str(first[c])] for c in sorted(columns)]), ""]
+
+
+def _num(x: float) -> str:
+    return "" if pd.isna(x) else f"{x:+.4f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if pd.isna(low) else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _pvalues(p: float, holm: float) -> str:
+    return "" if pd.isna(p) else f"{p:.2g} ({holm:.2g})"
 
 
 def select(trials: pd.DataFrame, match: Mapping[str, Any]) -> pd.DataFrame:
@@ -202,7 +322,7 @@ def _plot_losses(epochs: pd.DataFrame, done: pd.DataFrame, path: Path) -> bool:
         ax.set(title=dataset or "loss", xlabel="epoch", ylabel="loss")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize="x-small")
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     return True
 
 
@@ -225,4 +345,10 @@ def _plot_table(table: PaperTable, rows: list[dict[str, Any]], path: Path) -> No
     ax.set_title(textwrap.fill(table.title, 80), fontsize="medium")
     ax.set_ylabel(f"{table.metric} ({table.unit})")
     ax.legend()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    write_atomic(path, buffer.getvalue())
