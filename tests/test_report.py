@@ -160,6 +160,8 @@ def test_cli_report_prints_the_report_path(store, tmp_path, monkeypatch, capsys)
     assert page == md.with_name("report.html") and "by <code>final_eval_top1</code>" in page.read_text()
     assert main(["report", "nope", "--root", str(store), "--out", str(tmp_path / "x")]) == 2
     assert "cls report: error: no trials of sweep 'nope'" in capsys.readouterr().err
+    assert main(["report", SWEEP, "--watch", "--interval", "0"]) == 2
+    assert "--interval must be a positive number of seconds, got 0" in capsys.readouterr().err
 
 
 def test_several_configurations_under_one_paper_row_are_not_pooled(tmp_path):
@@ -264,3 +266,54 @@ def test_the_chromium_check_sees_a_failed_request_and_a_console_error(tmp_path, 
     blank = tmp_path / "blank.html"
     blank.write_text("<!DOCTYPE html><html><body></body></html>")
     assert one_colour(chromium.load(blank).screenshot)
+
+
+def test_watch_rewrites_the_report_as_epochs_land(tmp_path):
+    """A writer thread lands a trial's epochs one by one; `watch` rewrites both reports after each, whole."""
+    import threading
+
+    from cls.results.report import watch
+    from polling import wait_for
+
+    root, out, sweep = tmp_path / "results", tmp_path / "live", "live"
+    seen: list[str] = []
+
+    def on_write(path: Path) -> None:
+        page = path.with_name("report.html").read_text()
+        assert page.rstrip().endswith("</html>")  # never a half-written page
+        seen.append(path.read_text())
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(root, sweep, out), daemon=True,
+                               kwargs={"interval": 0.05, "stop": stop, "on_write": on_write})
+    watcher.start()
+    try:
+        w = ResultsWriter(root, sweep, "t0")
+        config = {"model.name": "dnffm", "axis.seed": 0, "seed": 0}
+
+        def writer(epochs: int, status: str) -> threading.Thread:
+            def write():
+                for e in range(epochs):
+                    w.write_epoch(e, epoch_metrics(0, 0.9, e))
+                rows = [{"epoch": e, **epoch_metrics(0, 0.9, e)} for e in range(epochs)]
+                w.write_trial({**config, **(summarize(rows) if status != "running" else {}), "status": status})
+            thread = threading.Thread(target=write)
+            thread.start()
+            return thread
+
+        writer(0, "running").join()
+        wait_for(lambda: seen and "| `t0` |" in seen[-1] and "| 0 |" in seen[-1], 60, "the running trial, no epochs")
+        for epochs in (1, 2, 3):
+            writer(epochs, "running").join()
+            latest = f"{epoch_metrics(0, 0.9, epochs - 1)['eval_top1']:.4f}"
+            wait_for(lambda: f"| {epochs} | {latest} |" in seen[-1], 60, f"the report with {epochs} epochs")
+        writer(3, "finished").join()
+        wait_for(lambda: "## Running trials" not in seen[-1] and "0.9000" in seen[-1], 60, "the finished trial")
+        assert "![loss curves](loss_curves.png)" in seen[-1]
+    finally:
+        stop.set()
+        watcher.join(timeout=60)
+    assert not watcher.is_alive()
+    # One rewrite per change at most (the store changed 1 + 3 + 1 times, each epoch write being one change
+    # more): never a rewrite of an unchanged store.
+    assert 5 <= len(seen) <= 1 + (1 + 1) + (2 + 1) + (3 + 1) + (3 + 1)

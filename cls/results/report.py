@@ -19,8 +19,9 @@ import io
 import os
 import re
 import textwrap
+import threading
 from pathlib import Path, PurePath
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -72,9 +73,13 @@ def write_report(root: str | os.PathLike, sweep: str, out_dir: str | os.PathLike
         # The first line of the error (the sweep driver stores the whole message, traceback included).
         lines += [f"- `{t}`: {c}" + (f": {e.strip().splitlines()[0]}" if isinstance(e, str) and e.strip() else "")
                   for t, c, e in zip(failed["trial_id"], failed["config"], errors)] + [""]
-    if _plot_losses(epochs, done, out / "loss_curves.png"):
+    running = trials[status == "running"]
+    lines += _running_section(running, epochs)
+    # Running trials' curves too: a report rewritten by --watch shows a sweep's epochs as they land.
+    if _plot_losses(epochs, pd.concat([done, running]), out / "loss_curves.png"):
         lines += ["## Loss curves", "", "Training (solid) and evaluation (dashed) loss per epoch, mean over seeds with "
-                  "a ± std band (seed 000 Fig. 3), one panel per dataset.", "", "![loss curves](loss_curves.png)", ""]
+                  "a ± std band (seed 000 Fig. 3), one panel per dataset; running trials included.", "",
+                  "![loss curves](loss_curves.png)", ""]
     lines += _paper_sections(done, configs, metric, out)
     lines += _shared_config(trials)
     text = "\n".join(lines)
@@ -82,6 +87,62 @@ def write_report(root: str | os.PathLike, sweep: str, out_dir: str | os.PathLike
     write_atomic(path, text.encode())
     write_atomic(out / "report.html", to_html(text, out, title=f"Sweep {sweep}").encode())
     return path
+
+
+def watch(root: str | os.PathLike, sweep: str, out_dir: str | os.PathLike, metric: str | None = None,
+          interval: float = 5.0, stop: threading.Event | None = None,
+          on_write: Callable[[Path], None] | None = None) -> int:
+    """Rewrite the report of `sweep` (`write_report`, atomically) each time the sweep's files in the store
+    change (an epoch row or a trial row lands), checking every `interval` seconds, until `stop` is set (or
+    forever). Before the sweep's first trial it waits. `on_write(report_md)` after each rewrite; returns the
+    number of rewrites."""
+    stop = stop or threading.Event()
+    seen, written = None, 0
+    while True:
+        state = _fingerprint(root, sweep)
+        if state != seen and state:
+            try:
+                path = write_report(root, sweep, out_dir, metric=metric)
+            except ValueError:
+                if len(load(root, "trials", sweep=sweep)):
+                    raise  # e.g. a metric the sweep does not have: waiting would not change it
+                path = None  # no trial row yet, only epoch files: look again
+            if path is not None:
+                seen, written = state, written + 1
+                if on_write:
+                    on_write(path)
+        if stop.wait(interval):
+            return written
+
+
+def _fingerprint(root: str | os.PathLike, sweep: str) -> tuple:
+    """What changes when a row of the sweep lands: each data file's name, size and mtime (writers replace
+    files whole, so a new row is a new inode and mtime)."""
+    from .store import TABLES, data_files, sweep_dir
+
+    state = []
+    for table in TABLES:
+        for f in data_files(sweep_dir(root, table, sweep)):
+            try:
+                st = f.stat()
+            except FileNotFoundError:  # compacted away between listing and stat
+                continue
+            state.append((str(f), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(state)
+
+
+def _running_section(running: pd.DataFrame, epochs: pd.DataFrame) -> list[str]:
+    """The running trials and their latest epoch: what a report kept open during a sweep is for."""
+    if running.empty:
+        return []
+    shown = [m for m in ("eval_top1", "eval_loss", "train_loss") if m in epochs]
+    rows = []
+    for trial, config in zip(running["trial_id"], running["config"]):
+        own = epochs[epochs["trial_id"] == trial].sort_values("epoch") if "epoch" in epochs else epochs.iloc[0:0]
+        latest = [f"{own[m].iloc[-1]:.4f}" if len(own) else "" for m in shown]
+        rows.append([f"`{trial}`", config, str(len(own)), *latest])
+    header = ["trial", "configuration", "epochs recorded", *(f"latest {m}" for m in shown)]
+    return ["## Running trials", "", *_markdown(header, rows), ""]
 
 
 def to_html(markdown: str, images: Path, title: str) -> str:
@@ -214,6 +275,8 @@ def _metric(trials: pd.DataFrame, metric: str | None) -> str:
     if metric is None:
         metric = DEFAULT_METRIC if DEFAULT_METRIC in trials or not available else \
             next((c for c in available if c.startswith("best_")), available[0])
+    if metric == DEFAULT_METRIC and not available:
+        return metric  # only running trials, none with a summary yet: the report shows their epochs so far
     if metric not in trials or not pd.api.types.is_numeric_dtype(trials[metric]):
         raise ValueError(f"the trials of this sweep have no numeric column {metric!r}; "
                          f"metrics there: {', '.join(available) or 'none'}")
