@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "results": "cls.cli.results",
     "compare": "cls.cli.compare",
     "report": "cls.cli.report",
+    "export": "cls.cli.export",
     "submit": "cls.cli.submit",
     "status": "cls.cli.status",
 }
