@@ -142,3 +142,38 @@ def test_cli_compare_prints_the_verdict(store, monkeypatch, capsys):
     assert "unpaired: c1-t1.0-s5" in out
     assert main(["compare", "nope", "--root", str(store), "--axis", "model.cbam"]) == 2
     assert "cls compare: error: no trials of sweep 'nope'" in capsys.readouterr().err
+
+
+def test_cls_sweep_ends_with_the_verdict_of_each_axis_and_the_pandas_line(tmp_path, monkeypatch, capsys):
+    """The end of `cls sweep` over a store its trials wrote (the Ray part replaced: tests/test_sweep_ray.py
+    runs the real one): the summary, the compare verdict of each axis, the pandas line, in that order."""
+    from cls.sweep import driver
+    from cls.sweep.driver import SweepOutcome
+
+    root = tmp_path / "results"
+    seeds = [0, 1, 2, 3, 4]
+    sweep_file = tmp_path / "ablation.yaml"
+    sweep_file.write_text(f"experiment: dnffm_digits\naxes:\n  model.cbam: {{grid: [true, false]}}\n"
+                          f"  seed: {{grid: {seeds}}}\nmetric: eval_top1\nmode: max\n")
+
+    def fake_run(sweep, trials, out=None):
+        for t in trials:
+            cbam, seed = t.axes["model.cbam"], t.axes["seed"]
+            value = 0.95 + 0.002 * seed + (0.02 if cbam else 0.0) + 0.001 * (seed % 2) * cbam
+            ResultsWriter(root, sweep.name, t.trial_id).write_trial(
+                {"model.cbam": cbam, "seed": seed, "axis.model.cbam": cbam, "axis.seed": seed,
+                 "status": "finished", "final_eval_top1": value, "best_eval_top1": value})
+        return SweepOutcome(len(trials), 0, {t.trial_id: "finished" for t in trials}, False)
+
+    monkeypatch.setattr(driver, "run_sweep", fake_run)
+    monkeypatch.setitem(SUBCOMMANDS, "sweep", "cls.cli.sweep")
+    assert main(["sweep", str(sweep_file), "--results", str(root)]) == 0
+    out = capsys.readouterr().out
+    summary, verdict, pandas_line = (out.index(s) for s in ("final eval_top1", "compare final_eval_top1 by model.cbam",
+                                                            "Read it with pandas:"))
+    assert summary < verdict < pandas_line
+    a = np.array([0.95 + 0.002 * s + 0.02 + 0.001 * (s % 2) for s in seeds])
+    b = np.array([0.95 + 0.002 * s for s in seeds])
+    p = stats.ttest_rel(a, b).pvalue
+    assert (f"model.cbam=True vs False: final_eval_top1 is higher by {(a - b).mean():.4f}" in out
+            and f"(p={p:.2g}, 5 pairs)" in out), out

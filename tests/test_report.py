@@ -283,9 +283,20 @@ def test_watch_rewrites_the_report_as_epochs_land(tmp_path):
         assert page.rstrip().endswith("</html>")  # never a half-written page
         seen.append(path.read_text())
 
-    stop = threading.Event()
-    watcher = threading.Thread(target=watch, args=(root, sweep, out), daemon=True,
-                               kwargs={"interval": 0.05, "stop": stop, "on_write": on_write})
+    stop, failures = threading.Event(), []
+
+    def watching():
+        try:
+            watch(root, sweep, out, interval=0.05, stop=stop, on_write=on_write)
+        except BaseException as e:  # noqa: BLE001 - surfaced by the test below, not lost in a thread
+            failures.append(e)
+            raise
+
+    def shown(text: str) -> bool:
+        assert not failures, failures
+        return bool(seen) and text in seen[-1]
+
+    watcher = threading.Thread(target=watching, daemon=True)
     watcher.start()
     try:
         w = ResultsWriter(root, sweep, "t0")
@@ -302,13 +313,14 @@ def test_watch_rewrites_the_report_as_epochs_land(tmp_path):
             return thread
 
         writer(0, "running").join()
-        wait_for(lambda: seen and "| `t0` |" in seen[-1] and "| 0 |" in seen[-1], 60, "the running trial, no epochs")
+        # Deadlines are generous: on a loaded machine one rewrite (matplotlib included) takes seconds.
+        wait_for(lambda: shown("| `t0` |") and "| 0 |" in seen[-1], 600, "the running trial, no epochs")
         for epochs in (1, 2, 3):
             writer(epochs, "running").join()
             latest = f"{epoch_metrics(0, 0.9, epochs - 1)['eval_top1']:.4f}"
-            wait_for(lambda: f"| {epochs} | {latest} |" in seen[-1], 60, f"the report with {epochs} epochs")
+            wait_for(lambda: shown(f"| {epochs} | {latest} |"), 600, f"the report with {epochs} epochs")
         writer(3, "finished").join()
-        wait_for(lambda: "## Running trials" not in seen[-1] and "0.9000" in seen[-1], 60, "the finished trial")
+        wait_for(lambda: shown("0.9000") and "## Running trials" not in seen[-1], 600, "the finished trial")
         assert "![loss curves](loss_curves.png)" in seen[-1]
     finally:
         stop.set()

@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cls.results import format_summary, load, summary
+    from cls.results.compare import Comparison, compare_axes
     from cls.sweep import expand, load_sweep
 
     sweep = load_sweep(args.sweep, args.overrides)
@@ -43,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     if "status" in rows and rows["status"].isin(["finished", "stopped"]).any():
         print()
         print(format_summary(summary(rows, sweep.metric), sweep.metric))
+        # The answer to the sweep's question: each axis against its baseline, paired over seeds (cls compare).
+        for axis, result in compare_axes(rows, f"final_{sweep.metric}").items():
+            print()
+            print(result.format() if isinstance(result, Comparison) else f"cls compare {axis}: {result}")
     print(f"\nRead it with pandas:  pandas.read_parquet({str(root) + '/trials'!r}, "
           f"filters=[('sweep', '==', {sweep.name!r})])")
     if outcome.interrupted:

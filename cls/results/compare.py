@@ -139,6 +139,19 @@ def compare(trials: pd.DataFrame, axis: str, baseline: Any = None, metric: str =
                       incomplete.reset_index(drop=True), notes)
 
 
+def compare_axes(trials: pd.DataFrame, metric: str = "final_eval_top1") -> dict[str, Comparison | str]:
+    """`compare` for each axis of a sweep but the seed (axis.* columns with two or more values): the
+    Comparison, or the reason there is none (a message). What `cls sweep` ends with and `cls report` shows."""
+    axes = sorted(c for c in trials.columns if c.startswith("axis.") and c != SEED_AXIS and trials[c].nunique() > 1)
+    out: dict[str, Comparison | str] = {}
+    for axis in axes:
+        try:
+            out[axis] = compare(trials, axis, metric=metric)
+        except ValueError as e:
+            out[axis] = str(e)
+    return out
+
+
 def holm(p: np.ndarray) -> np.ndarray:
     """Holm's step-down adjusted p-values of a family (NaN entries are not part of it and stay NaN)."""
     p = np.asarray(p, dtype=float)

@@ -28,9 +28,9 @@ import pandas as pd
 
 from cls.data.layout import write_atomic
 
-from .compare import compare
+from .compare import compare_axes
 from .paper import TABLES, PaperTable
-from .read import SEED_AXIS, aggregate, configuration_columns, load
+from .read import aggregate, configuration_columns, load
 
 COMPLETE = ("finished", "stopped")
 DEFAULT_METRIC = "best_eval_top1"
@@ -193,22 +193,18 @@ h1 {{ border-bottom: 2px solid #36c; }}
 
 def _comparison_sections(trials: pd.DataFrame, metric: str) -> list[str]:
     """`cls compare` of each axis of the sweep (but the seed), paired on the others and the seed."""
-    axes = sorted(c for c in trials.columns if c.startswith("axis.") and c != SEED_AXIS
-                  and trials[c].nunique() > 1)
-    if not axes:
+    comparisons = compare_axes(trials, metric)
+    if not comparisons:
         return []
     lines = ["## Comparisons", "",
              f"Each value of an axis against its baseline on `{metric}`, trials paired on the other axes and the "
              "seed (`cls compare`): mean difference, 95% CIs (t interval; percentile bootstrap of the pairs), "
              "paired t-test and Wilcoxon signed-rank p-values with Holm's correction over the axis's comparisons; "
              "with fewer than 5 pairs, the seeds a paired t-test would need instead of a p-value.", ""]
-    for axis in axes:
-        name = axis.removeprefix("axis.")
-        lines += [f"### `{name}`", ""]
-        try:
-            result = compare(trials, axis, metric=metric)
-        except ValueError as e:
-            lines += [f"Not compared: {e}.", ""]
+    for axis, result in comparisons.items():
+        lines += [f"### `{axis.removeprefix('axis.')}`", ""]
+        if isinstance(result, str):
+            lines += [f"Not compared: {result}.", ""]
             continue
         lines += [f"- {v}" for v in result.table["verdict"]] + [""]
         header = ["value", "baseline", "pairs", "mean diff", "95% CI (t)", "95% CI (bootstrap)",
