@@ -72,6 +72,11 @@ def test_the_quickstart_sweep_end_to_end_from_a_fresh_directory(tmp_path):
     # one line per configuration (CBAM x tau), each the mean over its 2 seeds
     assert len(re.findall(r"^ +(True|False) +(0\.5|1\.0) .* 2$", out, re.M)) == 4, out[-2000:]
     assert "pandas.read_parquet(" in out and str(results / "trials") in out
+    # Before it, the answer: each axis against its baseline, paired on the other axis and the seed (cls compare).
+    assert "compare final_eval_top1 by model.cbam, baseline model.cbam=False; pairs share model.tau, seed" in out
+    assert re.search(r"^  model\.cbam=True vs False: .*final_eval_top1", out, re.M), out[-2000:]
+    assert re.search(r"^  model\.tau=1 vs 0\.5: .*final_eval_top1", out, re.M), out[-2000:]
+    assert out.index("compare final_eval_top1") < out.index("Read it with pandas")
 
 
 def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_path):
