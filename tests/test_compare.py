@@ -100,7 +100,7 @@ def test_too_few_pairs_give_the_seeds_needed_instead_of_a_p_value(store):
     d = a - b
     effect = d.mean() / d.std(ddof=1)
     need = seeds_needed(effect)
-    assert row["seeds_needed"] == need
+    assert row["seeds_needed"] == row["pairs_needed"] == need  # one pair per seed: pairs on the seed only
     # The power of a paired t-test at n = need reaches 80%, at need - 1 it does not (noncentral t, scipy).
     def power(n):
         crit = stats.t.ppf(0.975, n - 1)
@@ -111,6 +111,10 @@ def test_too_few_pairs_give_the_seeds_needed_instead_of_a_p_value(store):
     assert seeds_needed(0.5) == 34
     assert "too few for a p-value" in row["verdict"] and f"about {need} seeds" in row["verdict"]
     assert "p=" not in row["verdict"]
+    # Pooled over tau, each seed gives two pairs: half as many seeds as pairs.
+    pooled = compare(trials[trials["axis.seed"] < 2], "model.cbam").table.iloc[0]
+    assert pooled["n"] == 4 and pooled["seeds_needed"] == -(-pooled["pairs_needed"] // 2)
+    assert f"about {pooled['seeds_needed']} seeds ({pooled['pairs_needed']} pairs)" in pooled["verdict"]
 
 
 def test_holm_matches_the_textbook_step_down():

@@ -11,9 +11,10 @@ and the other axes cause cancels in each difference. Per comparison, over the n 
   normality), each adjusted by Holm's step-down method over all the comparisons shown, which keeps the
   chance of any false "significant" at alpha (Holm 1979);
 - with fewer than MIN_PAIRS pairs, or differences without spread (a p-value would mean nothing), no p-value:
-  instead the number of seeds a paired t-test would need to detect the observed mean difference with 80%
+  instead the number of pairs a paired t-test would need to detect the observed mean difference with 80%
   power at alpha = 0.05, from the observed paired effect size d_z = mean(d) / sd(d) and the noncentral t
-  distribution (Cohen 1988, §2.3).
+  distribution (Cohen 1988, §2.3), and the seeds that makes (each seed gives one pair per combination of
+  the other axes).
 
 Trials that cannot be paired (a seed that ran for one value and not the other) and trials that are not
 complete (failed, still running, no value of the metric) are listed in the result, never silently dropped.
@@ -128,7 +129,12 @@ def compare(trials: pd.DataFrame, axis: str, baseline: Any = None, metric: str =
                                      "missing": f"{_name(axis)}={_show(missing)}"})
             a = other.loc[both, metric].to_numpy(float)
             b = base.loc[both, metric].to_numpy(float)
-            rows.append({**dict(zip(by, group)), "value": value, "baseline": baseline, **_statistics(a, b)})
+            stats_ = _statistics(a, b)
+            # Each seed gives one pair per combination of the other axes: seeds = pairs / combinations.
+            combos = max(1, len({_tuple(k)[:-1] for k in both}))
+            need = stats_.pop("pairs_needed")
+            rows.append({**dict(zip(by, group)), "value": value, "baseline": baseline, **stats_,
+                         "pairs_needed": need, "seeds_needed": None if need is None else math.ceil(need / combos)})
 
     table = pd.DataFrame(rows)
     table["p_t_holm"] = holm(table["p_t"].to_numpy(float))
@@ -167,7 +173,7 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 def seeds_needed(effect: float, alpha: float = ALPHA, power: float = POWER) -> int | None:
-    """The smallest number of pairs with which a two-sided paired t-test at `alpha` detects a true paired
+    """The smallest number of pairs (seeds, when each seed gives one pair) with which a two-sided paired t-test at `alpha` detects a true paired
     effect size `effect` (mean / sd of the differences) with probability `power`; None past MAX_SEEDS."""
     from scipy import stats
 
@@ -198,7 +204,7 @@ def _statistics(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     n = len(d)
     out = {"n": n, "mean_diff": float(d.mean()) if n else np.nan, "sd_diff": float(d.std(ddof=1)) if n > 1 else np.nan,
            "t_low": np.nan, "t_high": np.nan, "boot_low": np.nan, "boot_high": np.nan,
-           "p_t": np.nan, "p_wilcoxon": np.nan, "effect_size": np.nan, "seeds_needed": None}
+           "p_t": np.nan, "p_wilcoxon": np.nan, "effect_size": np.nan, "pairs_needed": None}
     if n < 2 or out["sd_diff"] == 0:
         return out  # no spread to estimate: neither interval nor test means anything
     t = stats.ttest_rel(a, b)
@@ -207,7 +213,7 @@ def _statistics(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
                            method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED))
     out.update(t_low=float(ci.low), t_high=float(ci.high), boot_low=float(boot.confidence_interval.low),
                boot_high=float(boot.confidence_interval.high), effect_size=out["mean_diff"] / out["sd_diff"])
-    out["seeds_needed"] = seeds_needed(out["effect_size"])
+    out["pairs_needed"] = seeds_needed(out["effect_size"])
     if n >= MIN_PAIRS:
         out["p_t"] = float(t.pvalue)
         out["p_wilcoxon"] = float(stats.wilcoxon(a, b).pvalue)
@@ -225,7 +231,9 @@ def _verdict(r: dict[str, Any], axis: str, metric: str, by: list[str]) -> str:
     if r["sd_diff"] == 0:
         return f"{head} every one of the {n} pairs differs by exactly {diff:+.4f} {metric}: no spread, no test"
     need = r["seeds_needed"]  # None or NaN (a float column once another row has a number): past MAX_SEEDS
-    need_text = f"more than {MAX_SEEDS} seeds" if need is None or pd.isna(need) else f"about {int(need)} seeds"
+    pairs = r["pairs_needed"]
+    need_text = (f"more than {MAX_SEEDS} pairs" if need is None or pd.isna(need) else f"about {int(need)} seeds"
+                 + (f" ({int(pairs)} pairs)" if int(pairs) != int(need) else ""))
     ci = f"95% CI [{r['t_low']:+.4f}, {r['t_high']:+.4f}]"
     if np.isnan(r["p_t"]):
         return (f"{head} {diff:+.4f} {metric} ({ci}) from only {n} pairs: too few for a p-value; "
