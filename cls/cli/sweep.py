@@ -1,6 +1,10 @@
 """`cls sweep SWEEP.yaml [overrides]`: run an ablation sweep on Ray Tune, each trial a Ray Train run, every
 epoch into the results store. Running the same command again continues an interrupted sweep: finished
-trials are skipped, unfinished ones resume from their checkpoints.
+trials are skipped, unfinished ones resume from their checkpoints; failed ones are retried only with
+--rerun-failed. Values added to an axis (more seeds) run only the new trials.
+
+Several `cls sweep` of one file against one store (or a SLURM job array of it) share its trials: each
+trial is leased in the store by the job that runs it (ROOT/leases), and a job ends when every trial is done.
 
 Overrides: `sweep.KEY=VALUE` changes the sweep file (sweep.resources.max_concurrent=2, sweep.samples=3);
 anything else is a Hydra override for every trial (trainer.epochs=1)."""
@@ -18,6 +22,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("overrides", nargs="*", help="e.g. trainer.epochs=1 sweep.resources.max_concurrent=2")
     p.add_argument("--results", metavar="ROOT", help="the results store (default: $CLS_RESULTS or ./results)")
     p.add_argument("--list", action="store_true", help="print the trials the sweep expands to and exit")
+    p.add_argument("--rerun-failed", action="store_true",
+                   help="run the trials that failed in an earlier run again (finished ones are never rerun)")
     p.set_defaults(run=run)
 
 
@@ -36,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from cls.sweep.driver import prepare_trials, run_sweep
 
     trials = prepare_trials(sweep, trials, args.results)
-    outcome = run_sweep(sweep, trials)
+    outcome = run_sweep(sweep, trials, rerun_failed=args.rerun_failed)
     root = trials[0].config["results"]["root"]
     rows = load(root, "trials", sweep=sweep.name)
     rows = rows[rows["trial_id"].isin(outcome.statuses)]
@@ -51,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if outcome.failed:
         print(f"cls sweep: {len(outcome.failed)} trials failed: {', '.join(outcome.failed)}; their rows hold the "
-              f"error, and running the same command retries them", file=sys.stderr)
+              f"error; `cls sweep {args.sweep} --rerun-failed` retries them", file=sys.stderr)
         return 1
     return 0

@@ -21,7 +21,8 @@ Why it is built this way (the store lives on a shared file system, typically NFS
   the expired lease it read (same token). A taker that lost the race to another (it moved a fresh lease)
   links it back. Then it takes the lease as a fresh one.
 - A job that dies (SIGKILL, a node lost) stops renewing: its leases expire after `ttl` and the next job that
-  looks takes the trial over and resumes it from its checkpoint.
+  looks takes the trial over and resumes it from its checkpoint. On the host it ran on, a lease whose process
+  is gone counts as expired at once.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import pyarrow.parquet as pq
 from .store import check_name, data_files
 
 LEASES = "leases"
+COMPACT = "_compact"  # the lease of the job compacting the sweep (hidden from pandas: it starts with "_")
 DEFAULT_TTL_S = 60.0
 SCHEMA = pa.schema([
     ("trial_id", pa.string()), ("job", pa.string()), ("host", pa.string()), ("pid", pa.int64()),
@@ -55,6 +57,8 @@ def lease_dir(root: str | os.PathLike, sweep: str) -> Path:
 
 
 def lease_file(root: str | os.PathLike, sweep: str, trial_id: str) -> Path:
+    if trial_id == COMPACT:
+        return lease_dir(root, sweep) / f"{COMPACT}.parquet"
     return lease_dir(root, sweep) / f"trial-{check_name('trial', trial_id)}.parquet"
 
 
@@ -79,7 +83,9 @@ class Holder:
 
     @property
     def expired(self) -> bool:
-        return self.age_s > self.ttl_s
+        """Not renewed for its ttl, or held by a process of this host that no longer exists (a job killed
+        here need not be waited for)."""
+        return self.age_s > self.ttl_s or (self.host == socket.gethostname() and not _alive(self.pid))
 
     def describe(self) -> str:
         return f"job {self.job} (host {self.host}, pid {self.pid}), renewed {self.age_s:.0f} s ago"
@@ -206,6 +212,18 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown (a damaged lease): only its age can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _row_table(row: dict) -> pa.Table:
