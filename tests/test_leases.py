@@ -106,3 +106,51 @@ def test_leases_read_with_plain_pandas(tmp_path):
     assert sorted(frame["trial_id"]) == ["t1", "t2"] and set(frame["sweep"]) == {"sw"}
     table = leases.leases(tmp_path, "sw")
     assert sorted(table["job"]) == ["A", "B"] and not table["expired"].any()
+
+
+def test_cls_status_names_who_holds_each_trial(tmp_path):
+    import subprocess
+    import sys
+
+    leases.acquire(tmp_path, "sw", "t1", job="4242_3")
+    out = subprocess.run([sys.executable, "-m", "cls", "status", "--sweep", "sw", "--results", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "1 trial(s) held" in out.stdout and "t1  job 4242_3 on" in out.stdout and "renewed" in out.stdout
+    empty = subprocess.run([sys.executable, "-m", "cls", "status", "--sweep", "other", "--results", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120)
+    assert "no trial is held" in empty.stdout
+
+
+def _job(root, ids, queue):
+    import io
+
+    from ray.tune.search import Searcher
+
+    from cls.results import ResultsWriter
+    from cls.sweep.driver import _ClaimingSearcher
+
+    searcher = _ClaimingSearcher(str(root), "sw", ids, ttl=30.0, rerun_failed=False, out=io.StringIO(), poll_s=0.05)
+    ran = []
+    while (got := searcher.suggest("x")) != Searcher.FINISHED:
+        if got is not None:
+            time.sleep(0.02)  # the trial
+            ResultsWriter(root, "sw", got["trial_id"]).write_trial({"status": "finished"})  # its last row,
+            searcher.release(got["trial_id"])  # then its lease, as the driver's callback does
+            ran.append(got["trial_id"])
+    queue.put(ran)
+
+
+def test_jobs_sharing_a_sweep_through_the_searcher_run_each_trial_once(tmp_path):
+    """Three jobs' searchers over one store (no Ray: the claiming, store reads and releases of the driver):
+    a trial finished by one job between another's read of the store and its lease is not run again."""
+    ctx = mp.get_context("fork")
+    ids = [f"t{i:02d}" for i in range(12)]
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_job, args=(tmp_path, ids, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    ran = [t for _ in procs for t in queue.get(timeout=120)]
+    for p in procs:
+        p.join(30)
+    assert sorted(ran) == ids

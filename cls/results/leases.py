@@ -80,6 +80,7 @@ class Holder:
     token: str
     age_s: float  # seconds since it was last renewed, on the storage's clock
     ttl_s: float
+    acquired_at: pd.Timestamp | None = None  # on the holder's clock
 
     @property
     def expired(self) -> bool:
@@ -158,7 +159,7 @@ def holder_of(path: Path) -> Holder | None:
         return Holder(path.name[len("trial-"):-len(".parquet")], "unknown (damaged lease file)", "?", -1, "",
                       age, DEFAULT_TTL_S)
     return Holder(row["trial_id"], row["job"], row["host"], int(row["pid"]), row["token"], age,
-                  float(row["ttl_s"]))
+                  float(row["ttl_s"]), pd.Timestamp(row["acquired_at"]))
 
 
 def holders(root: str | os.PathLike, sweep: str) -> dict[str, Holder]:
@@ -172,11 +173,15 @@ def holders(root: str | os.PathLike, sweep: str) -> dict[str, Holder]:
 
 
 def leases(root: str | os.PathLike, sweep: str) -> pd.DataFrame:
-    """The sweep's leases as a frame: the lease rows plus `age_s` and `expired`."""
-    held = holders(root, sweep)
-    rows = [{"trial_id": h.trial_id, "job": h.job, "host": h.host, "pid": h.pid, "age_s": h.age_s,
-             "ttl_s": h.ttl_s, "expired": h.expired} for h in held.values()]
-    return pd.DataFrame(rows, columns=["trial_id", "job", "host", "pid", "age_s", "ttl_s", "expired"])
+    """The sweep's leases as a frame: who holds each trial, since when (`held_s`, on this host's clock),
+    seconds since the last renewal (`age_s`, on the storage's) and whether the lease has `expired`."""
+    now = pd.Timestamp.now(tz="UTC")
+    columns = ["trial_id", "job", "host", "pid", "held_s", "age_s", "ttl_s", "expired"]
+    rows = [{"trial_id": h.trial_id, "job": h.job, "host": h.host, "pid": h.pid,
+             "held_s": (now - h.acquired_at).total_seconds() if h.acquired_at is not None else float("nan"),
+             "age_s": h.age_s, "ttl_s": h.ttl_s, "expired": h.expired}
+            for h in holders(root, sweep).values() if h.trial_id != COMPACT]
+    return pd.DataFrame(rows, columns=columns).sort_values("trial_id", ignore_index=True)
 
 
 def storage_now_ns(directory: Path) -> int:

@@ -36,7 +36,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from cls.results import TrialRecord, compact, leases, load
+from cls.results import ResultsWriter, TrialRecord, compact, leases, load
 from cls.results.store import TERMINAL
 
 from .spec import Asha, Sweep, Trial
@@ -99,6 +99,12 @@ def lease_ttl_s() -> float:
     if not ttl > 0:
         raise ValueError(f"CLS_LEASE_TTL_S={value!r}: give a number of seconds > 0 (default 60)")
     return ttl
+
+
+def trial_status(results_root: str | os.PathLike, sweep: str, trial_id: str) -> str | None:
+    """One trial's status as the store has it now."""
+    rows = ResultsWriter(results_root, sweep, trial_id).read("trials")
+    return rows[-1].get("status") if rows else None
 
 
 def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: bool = False) -> SweepOutcome:
@@ -214,7 +220,9 @@ class _ClaimingSearcher(Searcher):
                 continue
             got = leases.acquire(self.root, self.sweep, candidate, ttl_s=self.ttl)
             if isinstance(got, leases.Lease):
-                if statuses.get(candidate) in self.done_states:  # finished between our read and our lease
+                # Read its row again, now that we hold it: a job writes a trial's last row before it lets
+                # the lease go, so a trial finished since `statuses` was read shows here, and is not rerun.
+                if trial_status(self.root, self.sweep, candidate) in self.done_states:
                     got.release()
                     self.pending.remove(candidate)
                     continue
