@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.local import add_insecure_flag, check_auth_mode
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="run an ablation sweep (Ray Tune of Ray Train runs)", description=__doc__,
@@ -18,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("overrides", nargs="*", help="e.g. trainer.epochs=1 sweep.resources.max_concurrent=2")
     p.add_argument("--results", metavar="ROOT", help="the results store (default: $CLS_RESULTS or ./results)")
     p.add_argument("--list", action="store_true", help="print the trials the sweep expands to and exit")
+    add_insecure_flag(p)
     p.set_defaults(run=run)
 
 
@@ -25,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from cls.results import format_summary, load, summary
     from cls.sweep import expand, load_sweep
 
+    if not args.list:
+        check_auth_mode(args.insecure_no_auth)  # before anything starts
     sweep = load_sweep(args.sweep, args.overrides)
     trials = expand(sweep)
     if args.list:
@@ -36,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from cls.sweep.driver import prepare_trials, run_sweep
 
     trials = prepare_trials(sweep, trials, args.results)
-    outcome = run_sweep(sweep, trials)
+    outcome = run_sweep(sweep, trials, insecure_no_auth=args.insecure_no_auth)
     root = trials[0].config["results"]["root"]
     rows = load(root, "trials", sweep=sweep.name)
     rows = rows[rows["trial_id"].isin(outcome.statuses)]

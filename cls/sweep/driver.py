@@ -68,9 +68,9 @@ def store_status(results_root: str | os.PathLike, sweep: str) -> dict[str, str]:
     return dict(zip(rows["trial_id"], rows["status"])) if "status" in rows else {}
 
 
-def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome:
+def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, insecure_no_auth: bool = False) -> SweepOutcome:
     """Run the trials of `sweep` that have not finished yet (see the module docstring). Prints a line per
-    trial event to `out`."""
+    trial event to `out`. `insecure_no_auth`: a local cluster runs without token auth (--insecure-no-auth)."""
     import ray
 
     from cls.train.run import connect_ray, ensure_data, worker_resources
@@ -87,7 +87,7 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
     if not todo:
         return SweepOutcome(len(trials), skipped, {t.trial_id: before[t.trial_id] for t in trials}, False)
 
-    connect_ray()
+    connect_ray(insecure_no_auth=insecure_no_auth)
     cluster = ray.cluster_resources()
     # Every trial, before any starts: an axis may change a trial's workers or GPUs.
     gpus = {t.trial_id: worker_resources(t.config["trainer"], cluster).get("GPU", 0.0) for t in todo}
