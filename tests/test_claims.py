@@ -73,26 +73,28 @@ def stopped(results, sweep):
 
 
 def test_asha_interrupted_after_its_first_rung_stops_the_trials_an_uninterrupted_run_stops(tmp_path):
-    asha = "scheduler:\n  asha: {grace_period: 1, reduction_factor: 2}"
-    lrs = "[0.1, 1.0e-7, 0.05, 1.0e-8]"
-    whole = write_sweep(tmp_path / "whole.yaml", "whole", epochs=2, lrs=lrs, seeds="[0]", scheduler=asha)
+    # One rung, after epoch 1 (grace 1, rf 3, 3 epochs: the next rung, 3, is max_t). A trial continues when
+    # it is not below the 2/3 quantile of the others' epoch-1 eval_top1: 0.1 learns, 1e-7 and 1e-8 do not.
+    asha = "scheduler:\n  asha: {grace_period: 1, reduction_factor: 3}"
+    lrs = "[0.1, 1.0e-7, 1.0e-8]"
+    whole = write_sweep(tmp_path / "whole.yaml", "whole", epochs=3, lrs=lrs, seeds="[0]", scheduler=asha)
     result = run_sweep(tmp_path, whole)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     uninterrupted = stopped(tmp_path / "results", "whole")
-    assert sorted(uninterrupted.values()) == ["finished", "finished", "stopped", "stopped"], uninterrupted
+    assert uninterrupted == {0.1: "finished", 1e-7: "stopped", 1e-8: "stopped"}, uninterrupted
 
-    # The same sweep, stopped (Ctrl-C) once two trials have passed the rung, then run again: the resumed run
-    # decides the remaining trials' rung against the first two, which Ray's in-memory ASHA would have lost.
-    cut = write_sweep(tmp_path / "cut.yaml", "cut", epochs=2, lrs=lrs, seeds="[0]", scheduler=asha)
+    # The same sweep, stopped (Ctrl-C) once the third trial has started, then run again. The resumed run
+    # decides the third trial's rung against the first two trials' rows in the store; Ray's ASHA, whose
+    # rungs live in memory and are not restored, would have let it run to the end.
+    cut = write_sweep(tmp_path / "cut.yaml", "cut", epochs=3, lrs=lrs, seeds="[0]", scheduler=asha)
     command, env = sweep_command(tmp_path, cut)
     driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     results = tmp_path / "results"
     try:
-        def two_past_the_rung():
-            rows = load(results, "trials", sweep="cut") if (results / "trials" / "sweep=cut").exists() else []
-            return len(rows) >= 3  # the third trial started: the first two are decided
-        wait_for(two_past_the_rung, 900, "the third trial of the cut sweep")
+        def third_started():
+            return (results / "trials" / "sweep=cut").exists() and len(load(results, "trials", sweep="cut")) >= 3
+        wait_for(third_started, 900, "the third trial of the cut sweep")
         driver.send_signal(signal.SIGINT)
         out, _ = driver.communicate(timeout=180)
     finally:
@@ -101,7 +103,7 @@ def test_asha_interrupted_after_its_first_rung_stops_the_trials_an_uninterrupted
     assert driver.returncode == 130, out[-3000:]
     resumed = run_sweep(tmp_path, cut)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "2 finished earlier" in resumed.stdout
+    assert "2 finished earlier, 1 to run" in resumed.stdout
     assert stopped(results, "cut") == uninterrupted
-    rungs = load(results, "trials", sweep="cut").set_index("optim.lr")["stopped_at_rung"]
-    assert rungs.dropna().tolist() == [1, 1]
+    rows = load(results, "trials", sweep="cut").set_index("optim.lr")
+    assert rows.loc[[1e-7, 1e-8], "stopped_at_rung"].tolist() == [1, 1]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.local import add_insecure_flag, check_auth_mode
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="run an ablation sweep (Ray Tune of Ray Train runs)", description=__doc__,
@@ -24,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--list", action="store_true", help="print the trials the sweep expands to and exit")
     p.add_argument("--rerun-failed", action="store_true",
                    help="run the trials that failed in an earlier run again (finished ones are never rerun)")
+    add_insecure_flag(p)
     p.set_defaults(run=run)
 
 
@@ -31,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from cls.results import format_summary, load, summary
     from cls.sweep import expand, load_sweep
 
+    if not args.list:
+        check_auth_mode(args.insecure_no_auth)  # before anything starts
     sweep = load_sweep(args.sweep, args.overrides)
     trials = expand(sweep)
     if args.list:
@@ -42,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from cls.sweep.driver import prepare_trials, run_sweep
 
     trials = prepare_trials(sweep, trials, args.results)
-    outcome = run_sweep(sweep, trials, rerun_failed=args.rerun_failed)
+    outcome = run_sweep(sweep, trials, rerun_failed=args.rerun_failed, insecure_no_auth=args.insecure_no_auth)
     root = trials[0].config["results"]["root"]
     rows = load(root, "trials", sweep=sweep.name)
     rows = rows[rows["trial_id"].isin(outcome.statuses)]

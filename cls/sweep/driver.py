@@ -107,9 +107,11 @@ def trial_status(results_root: str | os.PathLike, sweep: str, trial_id: str) -> 
     return rows[-1].get("status") if rows else None
 
 
-def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: bool = False) -> SweepOutcome:
+def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: bool = False,
+              insecure_no_auth: bool = False) -> SweepOutcome:
     """Run the trials of `sweep` that have not finished yet, sharing them with any other job running the
-    same sweep on the same store (see the module docstring). Prints a line per trial event to `out`."""
+    same sweep on the same store (see the module docstring). Prints a line per trial event to `out`.
+    `insecure_no_auth`: a local cluster runs without token auth (--insecure-no-auth)."""
     import ray
 
     from cls.train.run import connect_ray, ensure_data, worker_resources
@@ -130,7 +132,7 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: b
         return SweepOutcome(len(trials), skipped, {t.trial_id: before.get(t.trial_id, "running") for t in trials},
                             False)
 
-    connect_ray()
+    connect_ray(insecure_no_auth=insecure_no_auth)
     cluster = ray.cluster_resources()
     # Every trial, before any starts: an axis may change a trial's workers or GPUs.
     gpus = {t.trial_id: worker_resources(t.config["trainer"], cluster).get("GPU", 0.0) for t in todo}
