@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -76,6 +77,13 @@ def private_dir(prefix: str = "cls-ray-") -> Path:
     """A fresh directory only the user can enter, with an unguessable name. Short on purpose: Ray's Unix
     sockets live under it (paths must stay under 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("CLS_RAY_TMP", "/tmp")))
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
 
 
 def write_token(directory: Path) -> tuple[Path, str]:
@@ -127,7 +135,7 @@ def _reload_ray_config() -> None:
 
 
 def start(env_vars: dict[str, str], num_cpus: float | None = None, insecure_no_auth: bool = False,
-          out=None) -> LocalCluster:
+          out=None, log_to_driver: bool = True) -> LocalCluster:
     """Start the local cluster and connect this process to it (see the module docstring). `env_vars`: the
     job's runtime_env environment. Prints the dashboard's address and how to use the token once."""
     import ray
@@ -150,9 +158,17 @@ def start(env_vars: dict[str, str], num_cpus: float | None = None, insecure_no_a
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = token
     _reload_ray_config()
+    # The GCS on a port chosen here, so that the cluster's own processes can be told its address: Ray's state
+    # API (Train's TrainStateActor, its placement-group cleaner) otherwise finds its cluster by listing the
+    # machine's GCS processes, and fails ("Found multiple active Ray instances") when two `cls sweep` run at
+    # once. RAY_ADDRESS goes to the job's processes only: in this process it would make ray.init connect.
+    gcs_port = free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)
+    env_vars = {**env_vars, "RAY_ADDRESS": f"{LOOPBACK}:{gcs_port}"}
     try:
         context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
-                           _temp_dir=str(directory / "ray"), runtime_env={"env_vars": env_vars}, log_to_driver=True)
+                           _temp_dir=str(directory / "ray"), runtime_env={"env_vars": env_vars},
+                           log_to_driver=log_to_driver)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -161,6 +177,11 @@ def start(env_vars: dict[str, str], num_cpus: float | None = None, insecure_no_a
     atexit.register(_stop_and_remove, directory)
     if token_path is not None:
         _chain_sigterm(token_path)
+    gcs = ray.get_runtime_context().gcs_address
+    if gcs != env_vars["RAY_ADDRESS"]:
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray cluster's GCS is at {gcs}, not "
+                           f"{env_vars['RAY_ADDRESS']} (RAY_GCS_SERVER_PORT): use ray==2.60.0")
     address = ray.util.get_node_ip_address()
     if address != LOOPBACK:  # fail closed: another Ray would listen on the machine's network
         ray.shutdown()

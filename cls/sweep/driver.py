@@ -132,7 +132,7 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: b
         return SweepOutcome(len(trials), skipped, {t.trial_id: before.get(t.trial_id, "running") for t in trials},
                             False)
 
-    connect_ray(insecure_no_auth=insecure_no_auth)
+    connect_ray(insecure_no_auth=insecure_no_auth, log_to_driver=False)  # see connect_ray
     cluster = ray.cluster_resources()
     # Every trial, before any starts: an axis may change a trial's workers or GPUs.
     gpus = {t.trial_id: worker_resources(t.config["trainer"], cluster).get("GPU", 0.0) for t in todo}
@@ -372,11 +372,13 @@ class _StoreCallback(tune.Callback):
         if record is None:
             return
         done = len(record.writer.read("epochs"))
-        if done >= self.trials[trial_id].config["trainer"]["epochs"]:
-            status = "finished"
-        elif self.scheduler is not None and trial_id in self.scheduler.stopped:
+        if self.scheduler is not None and trial_id in self.scheduler.stopped:
+            # Stopped, even where its workers finished more epochs before Tune delivered the rung's result
+            # (they do not wait for it): the decision, not the timing, is the sweep's record.
             status = "stopped"
             record.extra["stopped_at_rung"] = self.scheduler.stopped[trial_id]
+        elif done >= self.trials[trial_id].config["trainer"]["epochs"]:
+            status = "finished"
         else:
             return  # cut short by an interruption: it stays "running" and resumes next time
         record.end(status)

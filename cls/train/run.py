@@ -94,11 +94,13 @@ def ensure_data(cfg: dict[str, Any]) -> None:
         prepare("digits", None, data["root"], seed=cfg["seed"])
 
 
-def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False) -> None:
+def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False, log_to_driver: bool = True) -> None:
     """Join the running cluster when RAY_ADDRESS names one (the SLURM bootstrap sets it); otherwise start a
     local one, private to the user (cluster/local.py: its own token, every port on 127.0.0.1;
     `insecure_no_auth`: the --insecure-no-auth flag). Never `address="auto"`: two clusters on one machine
-    make it pick either."""
+    make it pick either. `log_to_driver=False` keeps Ray's processes' output (its warnings, controller
+    noise) off this terminal: a sweep prints its own line per trial event, and a failed trial's traceback
+    is in its trials row."""
     import ray
 
     if ray.is_initialized():
@@ -109,13 +111,14 @@ def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False) -
     if address:
         # Ray's state API (Train's placement-group cleaner uses it inside the cluster) finds its cluster by
         # RAY_ADDRESS, else by guessing, which fails when two clusters share a machine.
-        ray.init(address=address, runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": address}}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": address}},
+                 log_to_driver=log_to_driver)
     else:
         from cluster import local
 
         # With the dashboard: it is where a researcher watches the sweep, and Ray's state API (through which
         # Train frees the CPUs of a trial that Tune stopped) answers only when it runs.
-        local.start(env_vars, num_cpus=num_cpus, insecure_no_auth=insecure_no_auth)
+        local.start(env_vars, num_cpus=num_cpus, insecure_no_auth=insecure_no_auth, log_to_driver=log_to_driver)
 
 
 def worker_resources(trainer: dict[str, Any], cluster: dict[str, float]) -> dict[str, float]:
