@@ -154,11 +154,19 @@ def _trainer_class(placement_group_cleaner: bool = True):
     (Tune stopping a trial early). Overrides a private method, hence ray==2.60.0 pinned."""
     from ray.train.torch import TorchTrainer
 
+    # Fail loudly, not fall back: a Ray that moved these would otherwise run every trial with the extra
+    # actors, or with a cleaner we meant to drop, and nobody would notice (tests/test_train_units.py checks
+    # the pinned Ray still has what this relies on).
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-    except ImportError:  # another Ray: keep its defaults
-        return TorchTrainer
+    except ImportError as e:
+        raise RuntimeError(f"cls overrides Ray Train's private _create_default_callbacks, written for ray==2.60.0, "
+                           f"and this Ray ({__import__('ray').__version__}) has moved its callbacks ({e}); "
+                           "install ray==2.60.0 (pyproject.toml)") from None
+    if not callable(getattr(TorchTrainer, "_create_default_callbacks", None)):
+        raise RuntimeError("this Ray's TorchTrainer has no _create_default_callbacks (cls is written for "
+                           "ray==2.60.0); install ray==2.60.0 (pyproject.toml)")
     unused = (() if placement_group_cleaner else (PlacementGroupCleanerCallback,))
 
     class Trainer(TorchTrainer):
