@@ -158,18 +158,43 @@ def node_resources() -> tuple[int, int]:
     return cpus, gpus
 
 
+def node_memory(cpus: int, shm: str = "/dev/shm") -> tuple[int, int] | None:
+    """(memory, object store) bytes for Ray on this node from SLURM's `--mem` (SLURM_MEM_PER_NODE, or
+    SLURM_MEM_PER_CPU x the node's CPUs; both in MB), or None when the job set no limit. Ray would size
+    itself from the whole node's RAM and get killed by SLURM's cgroup (ray#13607); its object store would
+    take 30% of that in /dev/shm, which is often smaller, and fall back to slow disk (ray#41983). So the
+    object store is 30% of the allocation, at most 80% of /dev/shm's free space, and the rest is Ray's."""
+    per_node, per_cpu = os.environ.get("SLURM_MEM_PER_NODE"), os.environ.get("SLURM_MEM_PER_CPU")
+    if per_node:
+        total = int(per_node) * 2**20
+    elif per_cpu:
+        total = int(per_cpu) * cpus * 2**20
+    else:
+        return None
+    try:
+        st = os.statvfs(shm)
+        shm_free = st.f_bavail * st.f_frsize
+    except OSError:
+        shm_free = total
+    store = int(min(0.3 * total, 0.8 * shm_free))
+    return total - store, store
+
+
 def temp_dir(job_id: int, node_index: int) -> Path:
     # Short on purpose: Ray's Unix sockets live under it. $TMPDIR is often job-private scratch under SLURM.
     return Path(os.environ.get("CLS_RAY_TMP", "/tmp")) / f"cls-{job_id}-{node_index}"
 
 
-def ray_start_args(ports: Ports, ip: str, cpus: int, gpus: int, tmp: Path, head_address: str | None) -> list[str]:
+def ray_start_args(ports: Ports, ip: str, cpus: int, gpus: int, tmp: Path, head_address: str | None,
+                   memory: tuple[int, int] | None = None) -> list[str]:
     args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats",
             f"--node-ip-address={ip}", f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--temp-dir={tmp}",
             f"--node-manager-port={ports.node_manager}", f"--object-manager-port={ports.object_manager}",
             f"--dashboard-agent-listen-port={ports.agent_http}", f"--dashboard-agent-grpc-port={ports.agent_grpc}",
             f"--metrics-export-port={ports.metrics}", f"--runtime-env-agent-port={ports.runtime_env_agent}",
             f"--min-worker-port={ports.min_worker}", f"--max-worker-port={ports.max_worker}"]
+    if memory is not None:
+        args += [f"--memory={memory[0]}", f"--object-store-memory={memory[1]}"]
     if head_address is None:
         args += ["--head", f"--port={ports.gcs}", f"--ray-client-server-port={ports.client_server}",
                  "--include-dashboard=true", f"--dashboard-host={ip}", f"--dashboard-port={ports.dashboard}"]
@@ -186,9 +211,15 @@ def node_main(args: argparse.Namespace) -> int:
     ip = node_ip(name)
     ports = Ports(**json.loads(args.ports)) if args.ports else ports_for(alloc.job_id, index, ip)
     cpus, gpus = node_resources()
+    memory = node_memory(cpus)
+    if memory is None:
+        log(f"{name}: the job set no --mem; Ray sizes its memory and object store from the whole node")
+    else:
+        log(f"{name}: Ray gets {memory[0] / 2**30:.1f} GiB of memory and a {memory[1] / 2**30:.1f} GiB object store "
+            f"(SLURM's --mem, /dev/shm)")
     tmp = temp_dir(alloc.job_id, index)
     tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-    child = subprocess.Popen(ray_start_args(ports, ip, cpus, gpus, tmp, args.address), stdout=sys.stdout,
+    child = subprocess.Popen(ray_start_args(ports, ip, cpus, gpus, tmp, args.address, memory), stdout=sys.stdout,
                              stderr=subprocess.STDOUT)
     stopped = []
 

@@ -3,6 +3,9 @@
 The job runs the same bootstrap as the scripts in slurm/ (`cluster.ray_slurm.Job`): a Ray cluster on the
 allocation, `cls sweep` on it, a save and requeue on the time-limit warning. Without SLURM (no `sbatch` on
 PATH), or with `local=True`, submitit's local executor runs `cls sweep` on a local Ray cluster instead.
+
+With `array=N` it submits a SLURM job array of N tasks (submitit's batch): each task is an allocation of its
+own with its own Ray cluster, and they share the sweep's trials through the store's leases (cls.sweep.driver).
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ class SweepJob:
 
 def submit(sweep: str, overrides: list[str], *, nodes: int = 1, gpus_per_node: int = 0, cpus_per_node: int | None = None,
            time_min: int = 60, partition: str | None = None, folder: str | os.PathLike | None = None,
-           local: bool = False):
-    """Submit the sweep and return the submitit job (`job.result()` is the sweep's exit status)."""
+           local: bool = False, array: int = 1) -> list:
+    """Submit the sweep as `array` jobs (a SLURM array when more than one) and return the submitit jobs
+    (`job.result()` is each one's exit status)."""
     import submitit
 
     path = Path(sweep)
@@ -65,4 +69,8 @@ def submit(sweep: str, overrides: list[str], *, nodes: int = 1, gpus_per_node: i
             # `nodes` through additional_parameters: submitit would wait for a result from a task per node,
             # but only the batch step runs the function (the Ray nodes are the bootstrap's own steps).
             additional_parameters={"nodes": nodes, "requeue": True, "signal": f"B:USR1@{WARNING_S}"})
-    return executor.submit(SweepJob(command))
+    if array == 1:
+        return [executor.submit(SweepJob(command))]
+    with executor.batch():  # one sbatch --array; the local executor starts N processes
+        jobs = [executor.submit(SweepJob(command)) for _ in range(array)]
+    return jobs

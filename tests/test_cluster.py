@@ -66,6 +66,26 @@ def test_resources_are_slurms_and_absent_gpus_are_not_given_to_ray(monkeypatch, 
     assert "no NVIDIA device is present" in capsys.readouterr().out
 
 
+def test_ray_memory_follows_slurms_mem_and_the_size_of_dev_shm(monkeypatch, tmp_path):
+    monkeypatch.delenv("SLURM_MEM_PER_NODE", raising=False)
+    monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
+    assert ray_slurm.node_memory(4) is None  # no --mem: Ray's own sizing
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "10240")  # --mem=10G
+    memory, store = ray_slurm.node_memory(4)
+    assert memory + store == 10 * 2**30 and store == int(0.3 * 10 * 2**30)  # /dev/shm here has room
+    monkeypatch.delenv("SLURM_MEM_PER_NODE")
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "2048")  # --mem-per-cpu=2G on 4 CPUs
+    assert sum(ray_slurm.node_memory(4)) == 8 * 2**30
+
+    class SmallShm:  # a /dev/shm of 1 GiB free caps the object store at 80% of it
+        f_bavail, f_frsize = 2**18, 4096
+    monkeypatch.setattr(ray_slurm.os, "statvfs", lambda path: SmallShm)
+    memory, store = ray_slurm.node_memory(4)
+    assert store == int(0.8 * 2**30) and memory == 8 * 2**30 - store
+    args = ray_start_args(ports_for(5, 0, probe=False), "10.1.2.3", 4, 0, Path("/tmp/x"), None, (memory, store))
+    assert f"--memory={memory}" in args and f"--object-store-memory={store}" in args
+
+
 def test_outside_slurm_the_bootstrap_says_how_to_run(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with pytest.raises(RuntimeError, match="sbatch.*cls submit"):

@@ -1,9 +1,8 @@
 """Every experiment preset composes with its paper's settings and runs one training step on the CPU, on a
 tiny dataset of the kind and name it expects."""
 
-import glob
 import math
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,13 @@ from cls.train.loop import fit, read_epochs
 from cls.train.sessions import LocalSession
 from prepared_fixtures import write_dataset_for
 
-EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob("cls/configs/experiment/*.yaml"))
+# From this file's place, not the working directory: run from elsewhere, a relative glob collects nothing
+# and the parametrised tests then cannot fail (test_the_preset_list_is_not_empty guards it).
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "cls" / "configs" / "experiment").glob("*.yaml"))
+
+
+def test_the_preset_list_is_not_empty():
+    assert len(EXPERIMENTS) >= 10, EXPERIMENTS
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

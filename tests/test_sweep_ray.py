@@ -154,8 +154,14 @@ resources: {workers: 2, cpus_per_worker: 1, max_concurrent: 1}
     trials = load(tmp_path / "results", "trials", sweep="asha").set_index("optim.lr")
     assert trials.loc[0.05, "status"] == "finished" and trials.loc[0.05, "epochs_done"] == 3
     assert trials.loc[1e-7, "status"] == "stopped" and trials.loc[1e-7, "epochs_done"] < 3
+    assert trials.loc[1e-7, "stopped_at_rung"] == trials.loc[1e-7, "epochs_done"]
     assert trials.loc[1e30, "status"] == "failed" and "loss is" in trials.loc[1e30, "error"]
-    # Run again: the finished and the stopped trials stay done; the failed one is retried (and fails again).
+    assert "--rerun-failed" in result.stderr
+    # Run again: nothing to do (a failed trial is retried only when asked), and it still says it failed.
     again = run_sweep(tmp_path, sweep)
+    assert again.returncode == 1 and "1 failed earlier (--rerun-failed retries them), 0 to run" in again.stdout
+    # --rerun-failed retries it (it fails again); the finished and the stopped trials stay done.
+    again = run_sweep(tmp_path, sweep, "--rerun-failed")
     assert again.returncode == 1 and "2 finished earlier, 1 to run" in again.stdout
-    assert load(tmp_path / "results", "trials", sweep="asha").set_index("optim.lr").loc[1e30, "attempts"] == 2
+    trials = load(tmp_path / "results", "trials", sweep="asha").set_index("optim.lr")
+    assert trials["attempts"].to_dict() == {0.05: 1, 1e-7: 1, 1e30: 2}

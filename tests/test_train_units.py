@@ -1,8 +1,8 @@
 """Training building blocks: metrics agree with scikit-learn, checkpoints have fixed keys and resume, a NaN
 loss names its step, configs compose and reject typos."""
 
-import glob
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +17,13 @@ from cls.train.loop import build_scheduler
 from cls.train.metrics import ClassificationMetrics, class_probabilities
 from cls.train.run import run_name
 
-EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob("cls/configs/experiment/*.yaml"))
+# From this file's place, not the working directory: run from elsewhere, a relative glob collects nothing
+# and the parametrised tests then cannot fail (test_the_preset_list_is_not_empty guards it).
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "cls" / "configs" / "experiment").glob("*.yaml"))
+
+
+def test_the_preset_list_is_not_empty():
+    assert len(EXPERIMENTS) >= 10, EXPERIMENTS
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 7])
@@ -214,3 +220,24 @@ def test_workers_take_a_gpu_each_when_the_cluster_has_them_unless_told():
     assert worker_resources({**trainer, "gpus_per_worker": 0.0}, {"CPU": 8.0, "GPU": 2.0}) == {"CPU": 4.0}
     with pytest.raises(ValueError, match="lower trainer.workers"):
         worker_resources({**trainer, "workers": 3}, {"CPU": 8.0, "GPU": 2.0})
+
+
+def test_the_private_ray_train_api_we_override_is_still_there():
+    """_trainer_class overrides TorchTrainer._create_default_callbacks (a private method of ray==2.60.0):
+    this fails, instead of the override silently doing nothing, when a Ray upgrade changes it."""
+    import inspect
+
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from cls.train.run import _trainer_class
+
+    source = inspect.getsource(TorchTrainer._create_default_callbacks)
+    # The two defaults we filter out are still made there.
+    assert "DatasetsCallback(" in source and "PlacementGroupCleanerCallback(" in source, source[:2000]
+    assert list(inspect.signature(TorchTrainer._create_default_callbacks).parameters) == ["self"]
+    lean = _trainer_class(placement_group_cleaner=False)
+    assert issubclass(lean, TorchTrainer) and lean is not TorchTrainer
+    assert lean._create_default_callbacks is not TorchTrainer._create_default_callbacks
+    assert inspect.getmodule(DatasetsCallback) is not None and inspect.getmodule(PlacementGroupCleanerCallback)

@@ -1,6 +1,10 @@
 """`cls sweep SWEEP.yaml [overrides]`: run an ablation sweep on Ray Tune, each trial a Ray Train run, every
 epoch into the results store. Running the same command again continues an interrupted sweep: finished
-trials are skipped, unfinished ones resume from their checkpoints.
+trials are skipped, unfinished ones resume from their checkpoints; failed ones are retried only with
+--rerun-failed. Values added to an axis (more seeds) run only the new trials.
+
+Several `cls sweep` of one file against one store (or a SLURM job array of it) share its trials: each
+trial is leased in the store by the job that runs it (ROOT/leases), and a job ends when every trial is done.
 
 Overrides: `sweep.KEY=VALUE` changes the sweep file (sweep.resources.max_concurrent=2, sweep.samples=3);
 anything else is a Hydra override for every trial (trainer.epochs=1)."""
@@ -10,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cluster.local import add_insecure_flag, check_auth_mode
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="run an ablation sweep (Ray Tune of Ray Train runs)", description=__doc__,
@@ -18,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("overrides", nargs="*", help="e.g. trainer.epochs=1 sweep.resources.max_concurrent=2")
     p.add_argument("--results", metavar="ROOT", help="the results store (default: $CLS_RESULTS or ./results)")
     p.add_argument("--list", action="store_true", help="print the trials the sweep expands to and exit")
+    p.add_argument("--rerun-failed", action="store_true",
+                   help="run the trials that failed in an earlier run again (finished ones are never rerun)")
+    add_insecure_flag(p)
     p.set_defaults(run=run)
 
 
@@ -26,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from cls.results.compare import Comparison, compare_axes
     from cls.sweep import expand, load_sweep
 
+    if not args.list:
+        check_auth_mode(args.insecure_no_auth)  # before anything starts
     sweep = load_sweep(args.sweep, args.overrides)
     trials = expand(sweep)
     if args.list:
@@ -37,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from cls.sweep.driver import prepare_trials, run_sweep
 
     trials = prepare_trials(sweep, trials, args.results)
-    outcome = run_sweep(sweep, trials)
+    outcome = run_sweep(sweep, trials, rerun_failed=args.rerun_failed, insecure_no_auth=args.insecure_no_auth)
     root = trials[0].config["results"]["root"]
     rows = load(root, "trials", sweep=sweep.name)
     rows = rows[rows["trial_id"].isin(outcome.statuses)]
@@ -56,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if outcome.failed:
         print(f"cls sweep: {len(outcome.failed)} trials failed: {', '.join(outcome.failed)}; their rows hold the "
-              f"error, and running the same command retries them", file=sys.stderr)
+              f"error; `cls sweep {args.sweep} --rerun-failed` retries them", file=sys.stderr)
         return 1
     return 0

@@ -6,12 +6,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cluster.local import add_insecure_flag, check_auth_mode
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(name, help="one training run (Ray Train DDP)", description=__doc__)
     p.add_argument("overrides", nargs="*", help="e.g. experiment=dnffm_cifar10 data.root=/data/cifar10 trainer.epochs=3")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--local", action="store_true", help="train in this process (one rank, no Ray): for debugging")
+    add_insecure_flag(p)
     p.set_defaults(run=run)
 
 
@@ -32,6 +35,8 @@ def resolve(overrides: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    if not args.local and not args.print_config:
+        check_auth_mode(args.insecure_no_auth)  # before anything starts
     cfg = resolve(args.overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg, sort_keys=False))
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         from cls.train.run import train
 
         try:
-            result = train(cfg)
+            result = train(cfg, insecure_no_auth=args.insecure_no_auth)
         except TrainingFailedError as e:
             # The workers' own error (with their traceback snippet) is what to read, not the driver's stack.
             print(f"cls train: training failed: {e}", file=sys.stderr)

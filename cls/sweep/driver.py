@@ -8,22 +8,35 @@ Continuing after an interruption (Ctrl-C, a killed driver, a cancelled or requeu
 the trials are known from the sweep file alone (spec.expand), a trial whose row says finished or stopped is
 not run again, and every other trial is started again under its own id, which is its Train run's name, so
 Train resumes it from its last checkpoint.
+
+Several jobs can run one sweep at once (a SLURM job array, a sweep submitted twice, two `cls sweep` of one
+file): Tune asks `_ClaimingSearcher` for its next trial whenever it has room for one, and the searcher hands
+out only trials it could lease in the store (cls.results.leases). A trial another live job holds is waited
+for, not run; one whose job died is taken over when its lease expires, and resumes from its checkpoint. A
+job ends when every trial of the sweep is done, and the last one out compacts the store.
+
+ASHA's rung decisions (`_StoreAsha`) come from the store's `epochs` table, which every job writes, not
+from a scheduler's memory: a resumed sweep, or another job of it, prunes as one uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
-from cls.results import TrialRecord, compact, load
+from cls.results import ResultsWriter, TrialRecord, compact, leases, load
 from cls.results.store import TERMINAL
 
 from .spec import Asha, Sweep, Trial
@@ -39,6 +52,7 @@ class SweepOutcome:
     skipped: int  # finished in an earlier run of the sweep
     statuses: dict[str, str]  # trial id -> status after this run (running: interrupted, to be continued)
     interrupted: bool
+    held: dict[str, str] = field(default_factory=dict)  # trial id -> the other job that held it (waited for)
 
     @property
     def failed(self) -> list[str]:
@@ -68,26 +82,57 @@ def store_status(results_root: str | os.PathLike, sweep: str) -> dict[str, str]:
     return dict(zip(rows["trial_id"], rows["status"])) if "status" in rows else {}
 
 
-def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome:
-    """Run the trials of `sweep` that have not finished yet (see the module docstring). Prints a line per
-    trial event to `out`."""
+def to_run(trials: list[Trial], before: dict[str, str], rerun_failed: bool = False) -> list[Trial]:
+    """The trials a run of the sweep has to do: those with no row yet (new values on an axis, more seeds)
+    and unfinished ones; failed ones only with `rerun_failed`. Finished and stopped ones never."""
+    skip = DONE if rerun_failed else (*DONE, "failed")
+    return [t for t in trials if before.get(t.trial_id) not in skip]
+
+
+def lease_ttl_s() -> float:
+    """How long a job's trial lease lives without a renewal: $CLS_LEASE_TTL_S, else 60 s."""
+    value = os.environ.get("CLS_LEASE_TTL_S", str(leases.DEFAULT_TTL_S))
+    try:
+        ttl = float(value)
+    except ValueError:
+        ttl = math.nan
+    if not ttl > 0:
+        raise ValueError(f"CLS_LEASE_TTL_S={value!r}: give a number of seconds > 0 (default 60)")
+    return ttl
+
+
+def trial_status(results_root: str | os.PathLike, sweep: str, trial_id: str) -> str | None:
+    """One trial's status as the store has it now."""
+    rows = ResultsWriter(results_root, sweep, trial_id).read("trials")
+    return rows[-1].get("status") if rows else None
+
+
+def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: bool = False,
+              insecure_no_auth: bool = False) -> SweepOutcome:
+    """Run the trials of `sweep` that have not finished yet, sharing them with any other job running the
+    same sweep on the same store (see the module docstring). Prints a line per trial event to `out`.
+    `insecure_no_auth`: a local cluster runs without token auth (--insecure-no-auth)."""
     import ray
 
     from cls.train.run import connect_ray, ensure_data, worker_resources
 
     root = trials[0].config["results"]["root"]
+    ttl = lease_ttl_s()
     for cfg in {t.config["data"]["root"]: t.config for t in trials}.values():
         ensure_data(cfg)  # before Tune: an unprepared dataset fails here, once, not in every trial
 
     before = store_status(root, sweep.name)
-    todo = [t for t in trials if before.get(t.trial_id) not in DONE]
+    todo = to_run(trials, before, rerun_failed)
     skipped = len(trials) - len(todo)
-    print(f"sweep {sweep.name}: {len(trials)} trials; {skipped} finished earlier, {len(todo)} to run, "
-          f"{sweep.resources.max_concurrent} at a time; results in {root}", file=out, flush=True)
+    failed_before = sum(1 for t in trials if before.get(t.trial_id) == "failed" and t not in todo)
+    print(f"sweep {sweep.name}: {len(trials)} trials; {skipped - failed_before} finished earlier, "
+          + (f"{failed_before} failed earlier (--rerun-failed retries them), " if failed_before else "")
+          + f"{len(todo)} to run, {sweep.resources.max_concurrent} at a time; results in {root}", file=out, flush=True)
     if not todo:
-        return SweepOutcome(len(trials), skipped, {t.trial_id: before[t.trial_id] for t in trials}, False)
+        return SweepOutcome(len(trials), skipped, {t.trial_id: before.get(t.trial_id, "running") for t in trials},
+                            False)
 
-    connect_ray()
+    connect_ray(insecure_no_auth=insecure_no_auth, log_to_driver=False)  # see connect_ray
     cluster = ray.cluster_resources()
     # Every trial, before any starts: an axis may change a trial's workers or GPUs.
     gpus = {t.trial_id: worker_resources(t.config["trainer"], cluster).get("GPU", 0.0) for t in todo}
@@ -96,14 +141,15 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
     # _StoreCallback prints; the old reporter with verbose=0 is the one that stays quiet.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     configs = {t.trial_id: t.config for t in todo}
-    scheduler = _asha(sweep.scheduler, max(t.config["trainer"]["epochs"] for t in todo))
-    recorder = _StoreCallback({t.trial_id: t for t in todo}, gpus, scheduler, out, len(todo))
+    scheduler = _asha(sweep, root, max(t.config["trainer"]["epochs"] for t in todo))
+    searcher = _ClaimingSearcher(root, sweep.name, [t.trial_id for t in todo], ttl, rerun_failed, out)
+    recorder = _StoreCallback({t.trial_id: t for t in todo}, gpus, scheduler, out, len(todo), searcher)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_tune_trainable, configs=configs, per_epoch=scheduler is not None),
                             TRIAL_DRIVER_RESOURCES),
-        param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         tune_config=tune.TuneConfig(
-            metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
+            metric=sweep.metric, mode=sweep.mode, scheduler=scheduler, search_alg=searcher,
+            num_samples=-1,  # as many trials as the searcher hands out, until it says FINISHED
             max_concurrent_trials=sweep.resources.max_concurrent,
             # A reused trial actor keeps its imports warm for the next trial. Not under a scheduler: a trial
             # it stops is still inside fit(), the actor cannot be reset, and Tune 2.60 then fails the next
@@ -116,14 +162,100 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
             callbacks=[recorder], verbose=0,
         ),
     )
-    with _sigterm_as_interrupt():
-        tuner.fit()  # trial outcomes are in the store, where the callback wrote them
+    try:
+        with _sigterm_as_interrupt():
+            tuner.fit()  # trial outcomes are in the store, where the callback wrote them
+    finally:
+        searcher.release_all()  # an interrupted trial's lease goes now, not after its ttl
     after = store_status(root, sweep.name)
     statuses = {t.trial_id: after.get(t.trial_id, "running") for t in trials}
     interrupted = any(s not in TERMINAL for s in statuses.values())
     if not interrupted:
-        compact(root, sweep.name)  # one file per table for the finished sweep: fast to read at any size
-    return SweepOutcome(len(trials), skipped, statuses, interrupted)
+        _compact_once(root, sweep.name, ttl)
+    return SweepOutcome(len(trials), skipped, statuses, interrupted, held=dict(searcher.waited))
+
+
+def _compact_once(root: str, sweep: str, ttl: float) -> None:
+    """One file per table for the finished sweep (fast to read at any size), by one job at a time: the
+    last jobs out of a sweep finish together, and two compactions at once would delete each other's inputs."""
+    lease = leases.acquire(root, sweep, leases.COMPACT, ttl_s=ttl)
+    if isinstance(lease, leases.Lease):
+        try:
+            compact(root, sweep)
+        finally:
+            lease.release()
+
+
+class _ClaimingSearcher(Searcher):
+    """Hands Tune the sweep's trials one at a time, each only once this job holds its lease in the store.
+
+    A trial another job holds is skipped for now and asked about again later: it is done when that job
+    finishes it, and it is ours if that job dies (its lease expires). FINISHED once every trial is done or
+    handed out, so the job stays until the whole sweep is done and no dead job's trial is stranded."""
+
+    def __init__(self, root: str, sweep: str, trial_ids: list[str], ttl: float, rerun_failed: bool, out,
+                 poll_s: float = 2.0) -> None:
+        super().__init__()
+        self.root, self.sweep, self.ttl, self.out, self.poll_s = root, sweep, ttl, out, poll_s
+        self.pending = list(trial_ids)  # not yet handed to Tune, in the sweep's order
+        self.done_states = DONE if rerun_failed else (*DONE, "failed")
+        self.leases: dict[str, leases.Lease] = {}
+        self.beats: dict[str, leases.Heartbeat] = {}
+        self.waited: dict[str, str] = {}
+        self._next_look = 0.0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the trials are the sweep file's; nothing for Tune to sample
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self.pending:
+            return Searcher.FINISHED
+        if time.monotonic() < self._next_look:
+            time.sleep(0.05)  # Tune asks in a loop while it has room: do not spin on the store
+            return None
+        statuses = store_status(self.root, self.sweep)
+        # Others' rows: a trial another job finished (or failed) since we started is not ours to run.
+        self.pending = [t for t in self.pending if statuses.get(t) not in self.done_states or t in self.waited]
+        for candidate in list(self.pending):
+            if candidate in self.waited and statuses.get(candidate) in self.done_states:
+                self.pending.remove(candidate)  # the job we waited for finished it
+                continue
+            got = leases.acquire(self.root, self.sweep, candidate, ttl_s=self.ttl)
+            if isinstance(got, leases.Lease):
+                # Read its row again, now that we hold it: a job writes a trial's last row before it lets
+                # the lease go, so a trial finished since `statuses` was read shows here, and is not rerun.
+                if trial_status(self.root, self.sweep, candidate) in self.done_states:
+                    got.release()
+                    self.pending.remove(candidate)
+                    continue
+                self.pending.remove(candidate)
+                self.leases[candidate] = got
+                self.beats[candidate] = leases.Heartbeat(got)
+                if candidate in self.waited:
+                    print(f"    {candidate}: taken over from {self.waited.pop(candidate)}, whose lease expired",
+                          file=self.out, flush=True)
+                return {"trial_id": candidate}
+            if candidate not in self.waited:
+                self.waited[candidate] = got.job
+                print(f"    {candidate} is held by {got.describe()}: waiting for it", file=self.out, flush=True)
+        if not self.pending:
+            return Searcher.FINISHED
+        self._next_look = time.monotonic() + self.poll_s
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # the lease is released by _StoreCallback, after it wrote the trial's row
+
+    def release(self, trial_id: str) -> None:
+        beat, lease = self.beats.pop(trial_id, None), self.leases.pop(trial_id, None)
+        if beat is not None:
+            beat.stop()
+        if lease is not None:
+            lease.release()
+
+    def release_all(self) -> None:
+        for trial_id in list(self.leases):
+            self.release(trial_id)
 
 
 def _tune_trainable(config: dict[str, Any], configs: dict[str, dict[str, Any]], per_epoch: bool) -> dict[str, Any]:
@@ -154,33 +286,64 @@ class _ReportEpochs(TuneReportCallback):
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
-class _RecordingAsha(ASHAScheduler):
-    """ASHA that remembers whom it stopped: a trial cut by the scheduler is done ("stopped"), one cut by an
-    interruption is not (it resumes when the sweep runs again)."""
+def rungs(spec: Asha, epochs: int) -> list[int]:
+    """ASHA's milestones in epochs: grace * rf^k below max_t (Li et al. 2020, Alg. 2; as Ray's ASHA)."""
+    max_t = spec.max_t or epochs
+    out, k = [], 0
+    while spec.grace_period * spec.reduction_factor ** k < max_t:
+        out.append(int(spec.grace_period * spec.reduction_factor ** k))
+        k += 1
+    return out
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.stopped: set[str] = set()
+
+def asha_decision(value: float, others: list[float], reduction_factor: float, mode: str) -> bool:
+    """Whether a trial continues past a rung: its metric is not below the (1 - 1/rf) quantile of the values
+    the other trials recorded at that rung (the first trial to reach a rung always continues), as Ray's
+    ASHA `_Bracket.on_result` decides."""
+    recorded = [v if mode == "max" else -v for v in others if v is not None and not math.isnan(v)]
+    if not recorded:
+        return True
+    cutoff = np.nanpercentile(recorded, (1 - 1 / reduction_factor) * 100)
+    return (value if mode == "max" else -value) >= cutoff
+
+
+class _StoreAsha(FIFOScheduler):
+    """Asynchronous successive halving whose rungs are the store's `epochs` rows of every trial of the
+    sweep, by any job, in any run of it (Ray's ASHAScheduler keeps its rungs in memory, and Tune does not
+    restore them: ray#30838). It remembers whom it stopped, and at which rung: a trial cut by the scheduler
+    is done ("stopped"), one cut by an interruption is not (it resumes when the sweep runs again)."""
+
+    def __init__(self, root: str, sweep: Sweep, epochs: int) -> None:
+        super().__init__()
+        self.root, self.sweep = root, sweep.name
+        self.by, self.order, self.rf = sweep.metric, sweep.mode, sweep.scheduler.reduction_factor
+        self.milestones = rungs(sweep.scheduler, epochs)
+        self.stopped: dict[str, int] = {}  # trial id -> the rung (epochs) that stopped it
 
     def on_trial_result(self, tune_controller, trial, result):
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP:
-            self.stopped.add(trial.config["trial_id"])
-        return decision
+        trial_id, reached = trial.config["trial_id"], result.get(_EPOCHS_DONE)
+        if reached not in self.milestones or self.by not in result:
+            return TrialScheduler.CONTINUE
+        epochs = load(self.root, "epochs", sweep=self.sweep)
+        at_rung = epochs[(epochs["epoch"] == reached - 1) & (epochs["trial_id"] != trial_id)] if len(epochs) else epochs
+        others = [float(v) for v in at_rung[self.by]] if self.by in at_rung else []
+        if asha_decision(float(result[self.by]), others, self.rf, self.order):
+            return TrialScheduler.CONTINUE
+        self.stopped[trial_id] = int(reached)
+        return TrialScheduler.STOP
 
 
-def _asha(spec: Asha | None, epochs: int) -> _RecordingAsha | None:
-    if spec is None:
-        return None
-    return _RecordingAsha(time_attr=_EPOCHS_DONE, max_t=spec.max_t or epochs, grace_period=spec.grace_period,
-                          reduction_factor=spec.reduction_factor)
+def _asha(sweep: Sweep, root: str, epochs: int) -> _StoreAsha | None:
+    return None if sweep.scheduler is None else _StoreAsha(root, sweep, epochs)
 
 
 class _StoreCallback(tune.Callback):
     """Keeps each trial's `trials` row, in the driver, and prints one line per trial event."""
 
-    def __init__(self, trials: dict[str, Trial], gpus: dict[str, float], scheduler, out, total: int) -> None:
+    def __init__(self, trials: dict[str, Trial], gpus: dict[str, float], scheduler, out, total: int,
+                 searcher: _ClaimingSearcher) -> None:
         self.trials, self.gpus, self.scheduler, self.out, self.total = trials, gpus, scheduler, out, total
+        self.searcher = searcher
         self.records: dict[str, TrialRecord] = {}
         self.started = 0
 
@@ -209,22 +372,28 @@ class _StoreCallback(tune.Callback):
         if record is None:
             return
         done = len(record.writer.read("epochs"))
-        if done >= self.trials[trial_id].config["trainer"]["epochs"]:
-            status = "finished"
-        elif self.scheduler is not None and trial_id in self.scheduler.stopped:
+        if self.scheduler is not None and trial_id in self.scheduler.stopped:
+            # Stopped, even where its workers finished more epochs before Tune delivered the rung's result
+            # (they do not wait for it): the decision, not the timing, is the sweep's record.
             status = "stopped"
+            record.extra["stopped_at_rung"] = self.scheduler.stopped[trial_id]
+        elif done >= self.trials[trial_id].config["trainer"]["epochs"]:
+            status = "finished"
         else:
             return  # cut short by an interruption: it stays "running" and resumes next time
         record.end(status)
+        self.searcher.release(trial_id)
         self._print(f"    {trial_id} {status} after {done} epochs")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         trial_id, record = trial.config["trial_id"], self.records.get(trial.config["trial_id"])
         if record is None:  # failed before it started (Tune could not start its actor): no row to close
+            self.searcher.release(trial_id)
             self._print(f"    {trial_id} FAILED before starting: {_error_text(trial).splitlines()[-1]}")
             return
         error = _error_text(trial)
         record.end("failed", error)
+        self.searcher.release(trial_id)
         self._print(f"    {trial_id} FAILED: {error.strip().splitlines()[-1]}")
 
 

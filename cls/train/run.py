@@ -94,9 +94,13 @@ def ensure_data(cfg: dict[str, Any]) -> None:
         prepare("digits", None, data["root"], seed=cfg["seed"])
 
 
-def connect_ray(num_cpus: float | None = None) -> None:
+def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False, log_to_driver: bool = True) -> None:
     """Join the running cluster when RAY_ADDRESS names one (the SLURM bootstrap sets it); otherwise start a
-    local one. Never `address="auto"`: two clusters on one machine make it pick either."""
+    local one, private to the user (cluster/local.py: its own token, every port on 127.0.0.1;
+    `insecure_no_auth`: the --insecure-no-auth flag). Never `address="auto"`: two clusters on one machine
+    make it pick either. `log_to_driver=False` keeps Ray's processes' output (its warnings, controller
+    noise) off this terminal: a sweep prints its own line per trial event, and a failed trial's traceback
+    is in its trials row."""
     import ray
 
     if ray.is_initialized():
@@ -107,11 +111,14 @@ def connect_ray(num_cpus: float | None = None) -> None:
     if address:
         # Ray's state API (Train's placement-group cleaner uses it inside the cluster) finds its cluster by
         # RAY_ADDRESS, else by guessing, which fails when two clusters share a machine.
-        ray.init(address=address, runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": address}}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": address}},
+                 log_to_driver=log_to_driver)
     else:
+        from cluster import local
+
         # With the dashboard: it is where a researcher watches the sweep, and Ray's state API (through which
         # Train frees the CPUs of a trial that Tune stopped) answers only when it runs.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        local.start(env_vars, num_cpus=num_cpus, insecure_no_auth=insecure_no_auth, log_to_driver=log_to_driver)
 
 
 def worker_resources(trainer: dict[str, Any], cluster: dict[str, float]) -> dict[str, float]:
@@ -147,11 +154,19 @@ def _trainer_class(placement_group_cleaner: bool = True):
     (Tune stopping a trial early). Overrides a private method, hence ray==2.60.0 pinned."""
     from ray.train.torch import TorchTrainer
 
+    # Fail loudly, not fall back: a Ray that moved these would otherwise run every trial with the extra
+    # actors, or with a cleaner we meant to drop, and nobody would notice (tests/test_train_units.py checks
+    # the pinned Ray still has what this relies on).
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-    except ImportError:  # another Ray: keep its defaults
-        return TorchTrainer
+    except ImportError as e:
+        raise RuntimeError(f"cls overrides Ray Train's private _create_default_callbacks, written for ray==2.60.0, "
+                           f"and this Ray ({__import__('ray').__version__}) has moved its callbacks ({e}); "
+                           "install ray==2.60.0 (pyproject.toml)") from None
+    if not callable(getattr(TorchTrainer, "_create_default_callbacks", None)):
+        raise RuntimeError("this Ray's TorchTrainer has no _create_default_callbacks (cls is written for "
+                           "ray==2.60.0); install ray==2.60.0 (pyproject.toml)")
     unused = (() if placement_group_cleaner else (PlacementGroupCleanerCallback,))
 
     class Trainer(TorchTrainer):
@@ -163,16 +178,16 @@ def _trainer_class(placement_group_cleaner: bool = True):
 
 
 def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = True,
-          killable: bool = True) -> TrainResult:
+          killable: bool = True, insecure_no_auth: bool = False) -> TrainResult:
     """Fit `cfg` on Ray Train. `callbacks`: Ray Train callbacks (the sweep passes Tune's reporter). `record`:
     keep the run's `trials` row in the results store (the sweep driver keeps its trials' rows itself).
     `killable=False`: nothing will kill this run's controller while the cluster lives on (a sweep trial
-    without a scheduler), so Train's placement-group cleaner is left out (see _trainer_class)."""
+    without a scheduler), so Train's placement-group cleaner is left out (see _trainer_class).
+    `insecure_no_auth`: a local cluster started here runs without token authentication (--insecure-no-auth)."""
     import ray
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchConfig
-
     from cls.results import TrialRecord
+    from cluster.torch_store import torch_config
 
     from .ray_worker import train_loop_per_worker
 
@@ -183,7 +198,7 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
     ensure_data(cfg)
     directory = run_dir(cfg)
 
-    connect_ray()
+    connect_ray(insecure_no_auth=insecure_no_auth)
     resources = worker_resources(trainer_cfg, ray.cluster_resources())
     gpus = resources.get("GPU", 0.0)
     trainer = _trainer_class(placement_group_cleaner=killable)(
@@ -196,7 +211,7 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
                              # Train's state transitions and worker-group lines, every run: our progress
                              # lines say what matters; warnings and errors still show.
                              logging_config=LoggingConfig(log_level="WARNING")),
-        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        torch_config=torch_config("nccl" if gpus > 0 else "gloo"),  # a file rendezvous on the local cluster
     )
     row = TrialRecord(cfg, directory.name, gpus) if record else None
     if row:
