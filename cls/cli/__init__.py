@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # name -> module with add_parser(subparsers, name); modules import heavy dependencies inside run().
 SUBCOMMANDS = {
@@ -22,7 +23,19 @@ SUBCOMMANDS = {
 }
 
 
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    from cls.results.store import StoreWarning
+
+    if issubclass(category, StoreWarning):  # they name the file at fault; where in cls they came from is noise
+        return f"cls: warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     parser = argparse.ArgumentParser(prog="cls", description="Batch image-classification experiments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in SUBCOMMANDS.items():

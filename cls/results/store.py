@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -43,11 +44,12 @@ import pyarrow.parquet as pq
 
 from cls.data.layout import write_atomic
 
+from .schema import WRITE_SEQ, WRITTEN_AT
+
 TABLES = ("epochs", "trials")
 KEYS = {"epochs": ("sweep", "trial_id", "epoch"), "trials": ("sweep", "trial_id")}
 STATUSES = ("running", "finished", "failed", "stopped")
 TERMINAL = ("finished", "failed", "stopped")  # no writer will touch such a trial again (resumes aside)
-WRITTEN_AT = "written_at"
 LIVE_PREFIX, PART_PREFIX = "trial-", "part-"
 
 # Names become file and directory names; a sweep name must start with a letter so that hive partitioning
@@ -97,8 +99,23 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
     write_atomic(path, sink.getvalue().to_pybytes())
 
 
-def read_file(path: Path) -> pa.Table | None:
-    """A live file's rows, or None if there is none (first write, or compacted away)."""
+class StoreWarning(UserWarning):
+    """Something in the store that readers skip or read differently: a damaged file, a conflicting column."""
+
+
+# What pyarrow raises on a file that is not (or no longer) valid Parquet: a truncated footer, bad magic bytes.
+DAMAGE = (OSError, pa.ArrowInvalid)
+
+
+def damaged_fix(path: Path) -> str:
+    hidden = path.with_name(f".{path.name}.damaged")
+    return (f"move it aside (mv {path} {hidden}: readers skip hidden names) or delete it; running the sweep again "
+            f"rewrites its trials' rows")
+
+
+def read_file(path: Path, repair: bool = False) -> pa.Table | None:
+    """A live file's rows, or None if there is none (first write, or compacted away). A damaged file is None
+    too, with a warning naming it, when `repair` (its owner is about to rewrite it whole); else it raises."""
     try:
         # Open once: pq.read_table(path) opens the path twice (footer, then data), and a writer's os.replace
         # in between makes it parse two different files ("Unexpected end of stream").
@@ -106,6 +123,16 @@ def read_file(path: Path) -> pa.Table | None:
             return pq.read_table(f)
     except FileNotFoundError:
         return None
+    except DAMAGE as e:
+        if not repair:
+            raise
+        warnings.warn(StoreWarning(f"{path} is damaged ({_one_line(e)}): its earlier rows are lost; writing it anew"),
+                      stacklevel=2)
+        return None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def concat(tables: Iterable[pa.Table]) -> pa.Table:
@@ -137,7 +164,15 @@ def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
             continue
         # Remember what each input was when read, to leave alone a live file rewritten meanwhile.
         inputs = [(f, _identity(f)) for f in parts + done]
-        data = read_table(root, table, files=[f for f, _ in inputs]).drop_columns("sweep")
+        data, problems = read_table(root, table, files=[f for f, _ in inputs], report=True)
+        if problems.conflicts:
+            # A part must have one type per column; leave the files as they are (readers cope, with a warning).
+            warnings.warn(StoreWarning(f"not compacting {table} of sweep {sweep}: its files disagree on the type of "
+                                       f"{', '.join(sorted(problems.conflicts))}; see `cls results --check`"))
+            merged[table] = 0
+            continue
+        inputs = [(f, identity) for f, identity in inputs if f not in problems.damaged]  # never unlink those
+        data = data.drop_columns("sweep")
         # Deterministic name: compacting the same trials again replaces the same file.
         ids = sorted(set(data.column("trial_id").to_pylist()))
         target = directory / f"{PART_PREFIX}{hashlib.sha1(chr(10).join(ids).encode()).hexdigest()[:16]}.parquet"

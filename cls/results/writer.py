@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .schema import coerce_row, config_types
 from .store import STATUSES, WRITTEN_AT, check_name, concat, live_file, read_file, write_table_atomic
 
 
@@ -35,9 +36,9 @@ class ResultsWriter:
         """Record several epochs in one rewrite (each row holds its "epoch"), e.g. a resumed run's backfill."""
         if not rows:
             return
-        new = pa.Table.from_pylist([self._epoch_row(r) for r in rows])
+        new = concat([_table("epochs", self._epoch_row(r)) for r in rows])
         path = live_file(self.root, "epochs", self.sweep, self.trial_id)
-        old = read_file(path)
+        old = read_file(path, repair=True)
         if old is not None:
             old = old.filter(~pc.field("epoch").isin(new.column("epoch")))
             new = concat([old, new])
@@ -65,15 +66,24 @@ class ResultsWriter:
             frame = frame.sort_values("epoch")
         return frame.to_dict("records")
 
-    def write_trial(self, row: Mapping[str, Any]) -> None:
+    def write_trial(self, row: Mapping[str, Any], config_types: Mapping[str, pa.DataType] | None = None) -> None:
         """Record the trial's summary row (replacing the previous one): typically `flatten_config(cfg)`,
-        `summarize(epochs)`, status, wall_s, gpu_hours. Host, git commit and versions are added if absent."""
+        `summarize(epochs)`, status, wall_s, gpu_hours. Host, git commit and versions are added if absent.
+        `config_types`: the declared types of the config's columns (schema.config_types(); TrialRecord
+        passes them), else a config column's type is that of its value."""
         status = row.get("status")
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         full = {"trial_id": self.trial_id, **environment(), **{k: _cell(k, v) for k, v in row.items()}}
         full["trial_id"], full[WRITTEN_AT] = self.trial_id, time.time_ns()
-        write_table_atomic(live_file(self.root, "trials", self.sweep, self.trial_id), pa.Table.from_pylist([full]))
+        write_table_atomic(live_file(self.root, "trials", self.sweep, self.trial_id), _table("trials", full, config_types))
+
+
+def _table(table: str, row: Mapping[str, Any], config_types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    """One row with every value coerced to its column's declared type (schema.py); StoreTypeError if one
+    does not fit."""
+    values, schema = coerce_row(table, row, config_types)
+    return pa.Table.from_pylist([values], schema=schema)
 
 
 class TrialRecord:
@@ -110,7 +120,7 @@ class TrialRecord:
             **self.config, **self.extra, **summarize(epochs),
             "status": status, "error": error, "epochs_done": len(epochs), "attempts": self.attempts,
             "wall_s": wall_s, "gpu_hours": wall_s * self.gpus / 3600, "started_at": self.started,  # this attempt's
-        })
+        }, config_types())
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -108,6 +108,21 @@ class ResultsConfig:
     sweep: str = "train"  # the store's partition; `cls sweep` sets it to the sweep's name
 
 
+@dataclass
+class TrainConfig:
+    """The top level of `train.yaml`: typed, so `seed=abc` fails at composition like any other bad value.
+    The groups are typed by their own nodes (above, and `_model_node`)."""
+
+    task: str = "classification"  # classification | style (the style network of seed 002)
+    seed: int = 0  # weights, data order and augmentation; not the dataset's split (data.split_seed)
+    model: Any = None
+    data: Any = None
+    optim: Any = None
+    trainer: Any = None
+    style: Any = None
+    results: Any = None
+
+
 _OMEGACONF_TYPES = (int, float, bool, str)
 
 
@@ -134,6 +149,7 @@ def _model_node(name: str) -> type:
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    cs.store(name="base_train", node=TrainConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
