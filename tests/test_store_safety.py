@@ -133,3 +133,32 @@ def test_check_of_a_sound_store_exits_zero(tmp_path, capsys):
     ResultsWriter(tmp_path, "s", "t").write_trial({"status": "finished"})
     assert main(["results", "--root", str(tmp_path), "--check"]) == 0
     assert "0 problem(s)" in capsys.readouterr().out
+
+
+def test_a_newer_row_wins_even_from_a_host_whose_clock_is_behind(tmp_path, monkeypatch):
+    # Case 7: rows were deduplicated by written_at, so the later writer, on a host 1 h behind, lost.
+    import time as time_module
+
+    now = time_module.time_ns()
+    monkeypatch.setattr(time_module, "time_ns", lambda: now)
+    first = ResultsWriter(tmp_path, "s", "t")
+    first.write_epoch(0, {"eval_top1": 0.1})
+    first.write_trial({"status": "running"})
+    compact(tmp_path, "s")  # nothing terminal yet: the trial row stays live ...
+    first.write_trial({"status": "finished"})
+    compact(tmp_path, "s")  # ... now both rows are in a part
+
+    monkeypatch.setattr(time_module, "time_ns", lambda: now - 3600 * 10**9)  # the resuming host: 1 h behind
+    later = ResultsWriter(tmp_path, "s", "t")
+    later.write_epoch(0, {"eval_top1": 0.7})
+    later.write_trial({"status": "stopped"})
+    # Part and live file each hold a copy of the key; the later writer's sequence wins, not the clock.
+    assert len(pd.read_parquet(tmp_path / "trials")) == 2
+    (row,) = load(tmp_path, "trials").to_dict("records")
+    assert row["status"] == "stopped" and row["written_at"] < now
+    assert load(tmp_path, "epochs")["eval_top1"].tolist() == [0.7]
+    # A row of a store written before there was a sequence loses to a sequenced one.
+    old = old_main_trial(tmp_path, "s", "u", written_at=now + 10**12)  # its clock far ahead
+    old.rename(old.with_name("part-old.parquet"))
+    ResultsWriter(tmp_path, "s", "u").write_trial({"status": "failed"})
+    assert load(tmp_path, "trials").set_index("trial_id").loc["u", "status"] == "failed"

@@ -149,12 +149,15 @@ def _read_each(files: list[Path], base: Path, as_string: set[str], problems: Pro
 
 
 def _latest(data: pa.Table, keys: tuple[str, ...]) -> pa.Table:
-    """Keep the newest row (largest `written_at`) of each key; rows are unique already in the common case."""
+    """Keep the newest row of each key: the largest `write_seq` (schema.py), whatever the writers' clocks say;
+    `written_at` only orders rows of a store written before there was a sequence (null `write_seq`), which
+    lose to every sequenced row. Rows are unique already in the common case."""
     keys = tuple(k for k in keys if k in data.column_names)
     if data.num_rows == 0 or data.group_by(list(keys)).aggregate([]).num_rows == data.num_rows:
         return data
-    frame = data.select([*keys, WRITTEN_AT]).to_pandas()
-    keep = frame.sort_values(WRITTEN_AT, kind="stable").drop_duplicates(list(keys), keep="last").index
+    order = [c for c in (WRITE_SEQ, WRITTEN_AT) if c in data.column_names]
+    frame = data.select([*keys, *order]).to_pandas()
+    keep = frame.sort_values(order, kind="stable", na_position="first").drop_duplicates(list(keys), keep="last").index
     return data.take(pa.array(sorted(keep)))
 
 

@@ -18,12 +18,16 @@ Why this layout:
 - One file per trial is too slow to read at scale (10,000 files: ~4 s on 2 cores), so `compact(root, sweep)`
   merges the live files of finished trials and the earlier parts into one `part-*.parquet` per table and
   sweep (1M epoch rows: ~0.1 s).
-- Every row carries `written_at` (ns since the epoch). `cls.results.load` keeps, per key ((sweep, trial_id)
-  or (sweep, trial_id, epoch)), the newest row. That covers the two windows where a plain reader can see a
-  key twice: between `compact` renaming its part into place and unlinking its inputs (or after a crash
-  there, until the next compact), and a trial written again after it was compacted (a resumed trial).
+- Every row carries `write_seq`: (attempt << 32) + a counter of its writer, the attempt one more than any
+  already in the store for that trial (schema.py), and `written_at` (ns since the epoch, informative only).
+  `cls.results.load` keeps, per key ((sweep, trial_id) or (sweep, trial_id, epoch)), the row of the largest
+  `write_seq`: a host whose clock is behind still wins with its newer row. That covers the two windows where
+  a plain reader can see a key twice: between `compact` renaming its part into place and unlinking its
+  inputs (or after a crash there, until the next compact), and a trial written again after it was compacted
+  (a resumed trial).
 
-Schemas: `trial_id` string, `epoch` int64, every metric float64, `written_at` int64. A file's columns are
+Schemas: one declared type per column (schema.py): `trial_id` string, `epoch` int64, every metric float64,
+`written_at` and `write_seq` int64, config columns as their config declares. A file's columns are
 those its trial wrote, so files can differ (a later trial adds `eval_top5`). Plain pandas takes the schema
 of the first file it opens and may drop such a column; `load` unifies the schemas of all files, and
 `compact` writes its part with the unified schema, so once a sweep is compacted to its one part plain pandas

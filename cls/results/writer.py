@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .schema import coerce_row, config_types
-from .store import STATUSES, WRITTEN_AT, check_name, concat, live_file, read_file, write_table_atomic
+from .store import STATUSES, WRITE_SEQ, WRITTEN_AT, check_name, concat, live_file, read_file, write_table_atomic
 
 
 class ResultsWriter:
@@ -27,6 +27,22 @@ class ResultsWriter:
 
     def __init__(self, root: str | os.PathLike, sweep: str, trial_id: str):
         self.root, self.sweep, self.trial_id = Path(root), check_name("sweep", sweep), check_name("trial", trial_id)
+        self._attempt: dict[str, int] = {}  # table -> this writer's attempt, found at its first write
+        self._count = 0
+
+    def _next_seq(self, table: str) -> int:
+        """The `write_seq` of this writer's next row of `table`: (attempt << 32) + a counter. The attempt is one
+        more than that of every row of this trial already in the store, so a later writer (a resumed run,
+        another host) wins whatever its clock says, and each write of one writer beats its previous one."""
+        if table not in self._attempt:
+            from .read import read_table
+
+            rows = read_table(self.root, table, sweep=self.sweep, filters=[("trial_id", "==", self.trial_id)])
+            seqs = [s for s in (rows.column(WRITE_SEQ).to_pylist() if WRITE_SEQ in rows.column_names else [])
+                    if s is not None]
+            self._attempt[table] = (max(seqs) >> 32) + 1 if seqs else 1
+        self._count += 1
+        return (self._attempt[table] << 32) + self._count
 
     def write_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Record `epoch`'s metrics (numbers; None -> NaN); a re-run epoch replaces the earlier row."""
@@ -36,7 +52,8 @@ class ResultsWriter:
         """Record several epochs in one rewrite (each row holds its "epoch"), e.g. a resumed run's backfill."""
         if not rows:
             return
-        new = concat([_table("epochs", self._epoch_row(r)) for r in rows])
+        seq = self._next_seq("epochs")
+        new = concat([_table("epochs", {**self._epoch_row(r), WRITE_SEQ: seq}) for r in rows])
         path = live_file(self.root, "epochs", self.sweep, self.trial_id)
         old = read_file(path, repair=True)
         if old is not None:
@@ -47,7 +64,7 @@ class ResultsWriter:
     def _epoch_row(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         row = {"trial_id": self.trial_id, "epoch": int(metrics["epoch"])}
         for k, v in metrics.items():
-            if k in ("trial_id", "epoch", WRITTEN_AT):
+            if k in ("trial_id", "epoch", WRITTEN_AT, WRITE_SEQ):
                 continue
             if v is not None and not isinstance(v, (int, float)):
                 raise TypeError(f"metric {k!r} must be a number, got {type(v).__name__}")
@@ -61,7 +78,7 @@ class ResultsWriter:
         from .read import load  # read.py imports store.py, as this module does
 
         frame = load(self.root, table, sweep=self.sweep, filters=[("trial_id", "==", self.trial_id)])
-        frame = frame.drop(columns=["sweep", WRITTEN_AT], errors="ignore")
+        frame = frame.drop(columns=["sweep", WRITTEN_AT, WRITE_SEQ], errors="ignore")
         if table == "epochs" and "epoch" in frame:
             frame = frame.sort_values("epoch")
         return frame.to_dict("records")
@@ -76,6 +93,7 @@ class ResultsWriter:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         full = {"trial_id": self.trial_id, **environment(), **{k: _cell(k, v) for k, v in row.items()}}
         full["trial_id"], full[WRITTEN_AT] = self.trial_id, time.time_ns()
+        full[WRITE_SEQ] = self._next_seq("trials")
         write_table_atomic(live_file(self.root, "trials", self.sweep, self.trial_id), _table("trials", full, config_types))
 
 
@@ -153,7 +171,7 @@ def summarize(epochs: list[Mapping[str, Any]]) -> dict[str, float]:
         return out
     ordered = sorted(epochs, key=lambda e: e["epoch"])
     for name in ordered[-1]:
-        if name in ("epoch", "trial_id", "sweep", WRITTEN_AT):
+        if name in ("epoch", "trial_id", "sweep", WRITTEN_AT, WRITE_SEQ):
             continue
         values = [float(e[name]) for e in ordered if isinstance(e.get(name), (int, float)) and not math.isnan(e[name])]
         if values:
