@@ -224,6 +224,7 @@ def format_summary(table: pd.DataFrame, metric: str) -> str:
 # Config columns that say where or how a trial ran, not what it computed: never what sets configurations apart.
 _HOSTING = ("trainer.storage", "trainer.name", "trainer.progress", "trainer.max_failures", "trainer.workers",
             "trainer.cpus_per_worker", "trainer.gpus_per_worker", "trainer.threads_per_worker",
+            "trainer.keep_checkpoints", "trainer.checkpoint_metric", "trainer.checkpoint_mode",
             "data.num_workers", "results.", "seed")
 _NOT_CONFIG = ("sweep", "trial_id", "experiment", "status", "error", "epochs_done", "attempts", "wall_s",
                "gpu_hours", "host", "git_commit", "started_at", WRITTEN_AT, WRITE_SEQ)

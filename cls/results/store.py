@@ -52,7 +52,7 @@ from .schema import WRITE_SEQ, WRITTEN_AT
 
 TABLES = ("epochs", "trials")
 KEYS = {"epochs": ("sweep", "trial_id", "epoch"), "trials": ("sweep", "trial_id")}
-STATUSES = ("running", "finished", "failed", "stopped")
+STATUSES = ("running", "finished", "failed", "stopped", "interrupted")  # interrupted: resumes when run again
 TERMINAL = ("finished", "failed", "stopped")  # no writer will touch such a trial again (resumes aside)
 LIVE_PREFIX, PART_PREFIX = "trial-", "part-"
 

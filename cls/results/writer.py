@@ -118,12 +118,27 @@ class TrialRecord:
         self.gpus = cfg["trainer"]["workers"] * gpus_per_worker
         self.extra = dict(extra or {})
         self.prior_wall_s, self.attempts, self.started = 0.0, 0, time.time()
+        self.epochs = cfg["trainer"]["epochs"]
+        self._previous: dict[str, Any] | None = None
+
+    @property
+    def previous(self) -> dict[str, Any]:
+        """The trial's row as the store has it before this attempt ({} if none)."""
+        if self._previous is None:
+            rows = self.writer.read("trials")
+            self._previous = rows[0] if rows else {}
+        return self._previous
+
+    def finished(self) -> bool:
+        """Whether an earlier attempt finished every epoch: then there is nothing to run."""
+        done = self.previous.get("epochs_done")
+        return self.previous.get("status") == "finished" and done is not None and done >= self.epochs
 
     def start(self) -> None:
-        previous = self.writer.read("trials")
+        previous = self.previous
         if previous:
-            self.prior_wall_s = float(previous[0].get("wall_s") or 0.0)
-            self.attempts = int(previous[0].get("attempts") or 0)
+            self.prior_wall_s = float(previous.get("wall_s") or 0.0)
+            self.attempts = int(previous.get("attempts") or 0)
         self.attempts += 1
         self.started = time.time()
         self._write("running", None, 0.0)

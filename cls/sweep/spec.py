@@ -379,7 +379,9 @@ def label(axis: Axis, value: Any) -> Any:
 def base_overrides(sweep: Sweep) -> list[str]:
     """What every trial composes before its axes: the preset, the file's overrides, the resources."""
     return [*([f"experiment={sweep.experiment}"] if sweep.experiment else []), *sweep.overrides,
-            *sweep.resources.overrides()]
+            *sweep.resources.overrides(),
+            # Which checkpoint is the best (kept beside the last few) is the sweep's metric.
+            f"trainer.checkpoint_metric={sweep.metric}", f"trainer.checkpoint_mode={sweep.mode}"]
 
 
 def expand(sweep: Sweep) -> list[Trial]:

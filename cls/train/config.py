@@ -84,6 +84,9 @@ class TrainerConfig:
     max_steps: int | None = None  # per epoch; for smoke runs
     threads_per_worker: int | None = None  # torch intra-op threads; default: cpus_per_worker
     progress: bool | None = None  # a line per epoch; default: when stdout is a terminal
+    keep_checkpoints: int = 2  # the last N epochs' checkpoints are kept, and the best by checkpoint_metric
+    checkpoint_metric: str = "eval_top1"  # `cls sweep` sets it (and the mode) to the sweep's metric
+    checkpoint_mode: str = "max"  # max | min
 
 
 @dataclass

@@ -19,7 +19,7 @@ from cls.data.layout import DatasetNotPrepared, read_manifest
 
 # Keys that change where or how a run is hosted, not what it computes: they do not enter its name.
 _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus_per_worker", "gpus_per_worker",
-                 "threads_per_worker"}
+                 "threads_per_worker", "keep_checkpoints", "checkpoint_metric", "checkpoint_mode"}
 _DATA_HOSTING_KEYS = {"root", "num_workers"}  # where the data lives, how many threads read it
 _TOP_HOSTING_KEYS = {"results"}  # where its rows are written
 
@@ -174,6 +174,8 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
 
     from cls.results import TrialRecord
 
+    from .checkpoint import drop_stale_ray_snapshot
+    from .loop import read_epochs
     from .ray_worker import train_loop_per_worker
 
     cfg = absolute_paths(cfg)
@@ -182,6 +184,13 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
         trainer_cfg["progress"] = sys.stdout.isatty()
     ensure_data(cfg)
     directory = run_dir(cfg)
+    row = TrialRecord(cfg, directory.name, 0.0) if record else None
+    if row and row.finished():
+        # Already done: running it again changes nothing (and never turns its row into a failed one).
+        print(f"{directory.name}: finished earlier ({row.previous['epochs_done']} epochs); nothing to run", flush=True)
+        epochs = read_epochs(directory)
+        return TrainResult(directory, epochs[-1] if epochs else {})
+    drop_stale_ray_snapshot(directory)
 
     connect_ray()
     resources = worker_resources(trainer_cfg, ray.cluster_resources())
@@ -198,14 +207,24 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
                              logging_config=LoggingConfig(log_level="WARNING")),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
     )
-    row = TrialRecord(cfg, directory.name, gpus) if record else None
     if row:
+        row.gpus = trainer_cfg["workers"] * gpus
         row.start()
+    # Every way out closes the row: finished, failed with the error, or interrupted (it resumes when run
+    # again); never a "running" row that nothing runs.
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
         if row:
             row.end("failed", str(e))
+        raise
+    except KeyboardInterrupt:
+        if row:
+            row.end("interrupted")
+        raise
+    except BaseException as e:
+        if row:
+            row.end("failed", f"{type(e).__name__}: {e}")
         raise
     if row:
         row.end("finished")
