@@ -67,10 +67,18 @@ def default_root() -> str:
     return os.environ.get("CLS_RESULTS", "results")
 
 
+# A name becomes part of file names (".trial-{ID}.parquet.{hex}.tmp", Tune's trial directories) that must
+# stay under the 255 bytes a file name may have.
+MAX_NAME = 100
+
+
 def check_name(kind: str, name: str) -> str:
     pattern = _SWEEP if kind == "sweep" else _TRIAL
     if not isinstance(name, str) or not pattern.fullmatch(name):
         raise ValueError(f"{kind} name {name!r} must match {pattern.pattern} (it becomes a file or directory name)")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{kind} name {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME} (it becomes "
+                         f"part of file names)")
     return name
 
 

@@ -50,6 +50,10 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "test"
     family: str | None = None  # transform family; default: the dataset's
+    # The split of a dataset that ships without one (digits, cats_vs_dogs, folder): a value of its own, not
+    # the trial's `seed`, so every seed of a configuration is tested on the same test set. Part of the trial
+    # id; the prepared manifest records it (source.options.seed) and a dataset split otherwise is refused.
+    split_seed: int = 0
     transforms: TransformOverrides = field(default_factory=TransformOverrides)
 
 

@@ -81,17 +81,30 @@ def run_dir(cfg: dict[str, Any]) -> Path:
 
 
 def ensure_data(cfg: dict[str, Any]) -> None:
-    """Fail before any worker starts if the dataset is not prepared; `digits` ships with scikit-learn and
-    is prepared on the spot."""
+    """Fail before any worker starts if the dataset is not prepared, or was split with another seed than
+    `data.split_seed`; `digits` ships with scikit-learn and is prepared on the spot (split by data.split_seed,
+    never by the trial's seed: one trial id, one test set)."""
     data = cfg["data"]
     try:
-        read_manifest(data["root"], data["name"])
+        manifest = read_manifest(data["root"], data["name"])
     except DatasetNotPrepared:
         if data["name"] != "digits":
             raise
         from cls.data.prepare import prepare
 
-        prepare("digits", None, data["root"], seed=cfg["seed"])
+        manifest = prepare("digits", None, data["root"], seed=data["split_seed"])
+    check_split_seed(data, manifest)
+
+
+def check_split_seed(data: dict[str, Any], manifest) -> None:
+    """The prepared dataset's split seed (recorded in its manifest) must be the config's `data.split_seed`."""
+    have = (manifest.source.get("options") or {}).get("seed")
+    want = data["split_seed"]
+    if have is not None and have != want:
+        raise ValueError(
+            f"{data['root']} was prepared with split seed {have} but the config asks for data.split_seed={want}: "
+            f"set data.split_seed={have}, or prepare it with that seed (cls data prepare {manifest.name} --seed {want} "
+            f"--out DIR --force, or into another DIR and set data.root=DIR)")
 
 
 def connect_ray(num_cpus: float | None = None) -> None:
@@ -104,6 +117,18 @@ def connect_ray(num_cpus: float | None = None) -> None:
     os.environ.update({k: v for k, v in RAY_ENV.items() if k not in os.environ})
     address = os.environ.get("RAY_ADDRESS")
     env_vars = {k: os.environ[k] for k in RAY_ENV}
+    try:
+        _init_ray(ray, address, env_vars, num_cpus)
+    except Exception as e:  # noqa: BLE001 - whatever ray.init raises, the user sees one line
+        last = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)
+        from cls.preflight import PreflightError
+
+        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray cluster"
+        raise PreflightError(f"{where} did not start: {last.strip()}; run the command again (on a loaded machine "
+                             f"Ray's start can time out), or join a running cluster with RAY_ADDRESS=HOST:PORT") from None
+
+
+def _init_ray(ray, address: str | None, env_vars: dict[str, str], num_cpus: float | None) -> None:
     if address:
         # Ray's state API (Train's placement-group cleaner uses it inside the cluster) finds its cluster by
         # RAY_ADDRESS, else by guessing, which fails when two clusters share a machine.
