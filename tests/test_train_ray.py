@@ -73,7 +73,8 @@ def _checkpoint_epochs(run_dir: Path) -> list[int]:
 
 
 def test_a_killed_run_started_again_continues_with_the_same_optimizer_state(tmp_path):
-    command = _cli(tmp_path, "trainer.epochs=4", "trainer.name=restart")
+    # Every checkpoint kept, to compare the resumed optimizer state with the one it was saved with.
+    command = _cli(tmp_path, "trainer.epochs=4", "trainer.name=restart", "trainer.keep_checkpoints=4")
     run_dir = tmp_path / "runs" / "restart"
     driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
