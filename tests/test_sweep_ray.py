@@ -94,7 +94,7 @@ def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_
                               text=True, start_new_session=True)
     try:
         wait_for(lambda: epochs_of(results, "resume", first) == [0], 600, "trial 1's first epoch")
-        time.sleep(1.0)  # its checkpoint is registered at Train's next poll
+        time.sleep(1.0)  # its checkpoint is written right after its row
         driver.send_signal(signal.SIGINT)
         out, _ = driver.communicate(timeout=180)
     finally:
@@ -102,7 +102,8 @@ def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out[-3000:]
     assert "interrupted" in out and "run the same command to continue" in out
-    assert load(results, "trials", sweep="resume").set_index("trial_id").loc[first, "status"] == "running"
+    # Its row is closed, not left "running": interrupted, to be resumed.
+    assert load(results, "trials", sweep="resume").set_index("trial_id").loc[first, "status"] == "interrupted"
 
     # 2. Run again, and kill the driver with its cluster once trial 2 has its first epoch.
     driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,10 +62,9 @@ def _cli(tmp_path: Path, *overrides: str) -> list[str]:
 
 
 def _checkpoint_epochs(run_dir: Path) -> list[int]:
-    """Epochs of the checkpoints Ray has finished copying into the run dir. Ray copies a checkpoint in (not
-    atomically) before registering it, so a poll can meet a file still being written: not a checkpoint yet."""
+    """Epochs of the checkpoints rank 0 has written into the run dir (each whole, through a rename)."""
     epochs = []
-    for path in run_dir.glob("checkpoint_*/checkpoint.pt"):
+    for path in run_dir.glob("checkpoints/epoch_*/checkpoint.pt"):
         try:
             epochs.append(load_checkpoint(path)["epoch"])
         except (RuntimeError, EOFError):
@@ -73,7 +73,8 @@ def _checkpoint_epochs(run_dir: Path) -> list[int]:
 
 
 def test_a_killed_run_started_again_continues_with_the_same_optimizer_state(tmp_path):
-    command = _cli(tmp_path, "trainer.epochs=4", "trainer.name=restart")
+    # Every checkpoint kept, to compare the resumed optimizer state with the one it was saved with.
+    command = _cli(tmp_path, "trainer.epochs=4", "trainer.name=restart", "trainer.keep_checkpoints=4")
     run_dir = tmp_path / "runs" / "restart"
     driver = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
@@ -94,7 +95,7 @@ def test_a_killed_run_started_again_continues_with_the_same_optimizer_state(tmp_
     assert start >= 2  # epoch 3 (index 2) at the earliest: nothing before the last checkpoint is redone
     for e in range(start):
         assert epochs[e] == before[e]  # finished epochs were not run again
-    resumed_from = next(p for p in run_dir.glob("checkpoint_*/checkpoint.pt") if load_checkpoint(p)["epoch"] == start - 1)
+    resumed_from = run_dir / "checkpoints" / f"epoch_{start - 1:04d}" / "checkpoint.pt"
     assert resumes[0]["optimizer_digest"] == state_digest(load_checkpoint(resumed_from)["optimizer"])
 
 
@@ -145,3 +146,52 @@ def test_the_readme_command_from_a_fresh_directory(tmp_path):
     assert (row["sweep"], row["trial_id"], row["status"], row["epochs_done"]) == ("train", run_dir.name, "finished", 1)
     assert row["final_eval_top1"] == read_epochs(run_dir)[0]["eval_top1"]
     assert load(tmp_path / "results", "epochs")["epoch"].tolist() == [0]
+
+
+def test_rows_are_closed_on_every_exit_and_ray_starts_over_a_removed_checkpoint(tmp_path, ray_cluster, monkeypatch,
+                                                                               capsys):
+    """Issue 11, case 2: a run directory whose Ray checkpoint index lists a removed checkpoint (what Ray Train
+    kept before) made Ray refuse to start; rows stayed "running"; a finished row flipped to "failed"."""
+    import ray.train
+    from ray.train import Checkpoint, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    import cls.train.run as run_module
+    from cls.train.run import train
+
+    def legacy(config):  # Ray keeping a checkpoint, as cls did before
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            ray.train.report({"x": 1}, checkpoint=Checkpoint.from_directory(d))
+
+    runs = tmp_path / "runs"
+    TorchTrainer(legacy, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(storage_path=str(runs), name="legacy")).fit()
+    (gone,) = [p for p in (runs / "legacy").glob("checkpoint_*") if p.is_dir()]
+    shutil.rmtree(gone)
+
+    cfg = config(tmp_path, "data.backend=torch", "trainer.epochs=1", "trainer.max_steps=2", "trainer.name=legacy")
+    results = os.environ["CLS_RESULTS"]
+    train(cfg)  # Ray starts (the stale index is dropped) and the run trains from scratch
+    row = load(results, "trials", sweep="train").set_index("trial_id").loc["legacy"]
+    assert row["status"] == "finished" and row["epochs_done"] == 1
+
+    # A finished run run again: nothing to do, and its row stays finished.
+    capsys.readouterr()
+    assert train(cfg).metrics["epoch"] == 0
+    assert "finished earlier" in capsys.readouterr().out
+    assert load(results, "trials", sweep="train").set_index("trial_id").loc["legacy", "status"] == "finished"
+
+    # An interrupted run (Ctrl-C in the driver) and one that fails outside the workers close their rows.
+    for error, status in ((KeyboardInterrupt, "interrupted"), (RuntimeError, "failed")):
+        class Stopping(run_module._trainer_class()):
+            def fit(self):
+                raise error("stopped here")
+
+        monkeypatch.setattr(run_module, "_trainer_class", lambda placement_group_cleaner=True: Stopping)
+        with pytest.raises(error):
+            train(config(tmp_path, "data.backend=torch", "trainer.epochs=2", f"trainer.name={status}"))
+        row = load(results, "trials", sweep="train").set_index("trial_id").loc[status]
+        assert row["status"] == status
+        assert status == "interrupted" or "RuntimeError: stopped here" in row["error"]

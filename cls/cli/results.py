@@ -4,6 +4,7 @@ over seeds of each configuration's final and best metric), from the Parquet resu
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -12,6 +13,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--sweep", help="one sweep (default: every sweep in the store, one table each)")
     p.add_argument("--by", help="comma-separated columns to group by (default: the sweep's axes but the seed)")
     p.add_argument("--metric", default="eval_top1", help="an epoch metric (default: eval_top1)")
+    p.add_argument("--check", action="store_true",
+                   help="list damaged files and columns of more than one type, and what to do; exit 1 if any")
     p.set_defaults(run=run)
 
 
@@ -20,6 +23,17 @@ def run(args: argparse.Namespace) -> int:
     from cls.results.store import default_root
 
     root = args.root or default_root()
+    if args.check:
+        from cls.results.read import check_store
+        from cls.results.store import data_files
+
+        found = check_store(root)
+        for problem in found:
+            print(problem)
+        files = sum(len(data_files(Path(root) / t)) for t in ("epochs", "trials"))
+        print(f"store at {root}: {files} files, {len(found)} problem(s)" +
+              ("" if found else ": every file reads and every column has one type"))
+        return 1 if found else 0
     trials = load(root, "trials", sweep=args.sweep)
     if trials.empty:
         where = f"sweep {args.sweep!r} in " if args.sweep else ""

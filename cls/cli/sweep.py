@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     from cls.sweep.driver import prepare_trials, run_sweep
 
+    from cls.preflight import check_trials
+
     trials = prepare_trials(sweep, trials, args.results)
+    check_trials(t.config for t in trials)  # paths and datasets of every trial, before Ray starts
     outcome = run_sweep(sweep, trials, rerun_failed=args.rerun_failed, insecure_no_auth=args.insecure_no_auth)
     root = trials[0].config["results"]["root"]
     rows = load(root, "trials", sweep=sweep.name)

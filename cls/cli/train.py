@@ -29,7 +29,23 @@ def resolve(overrides: list[str]) -> dict[str, Any]:
         return to_container(compose_config(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         cause = f" ({e.__cause__})".replace("\n", " ") if e.__cause__ else ""
+        unclosed = [o for o in overrides if _unbalanced(o)]
+        if unclosed:
+            raise ValueError(f"bad override {unclosed[0]!r}: its brackets or quotes are not closed ({e}); close them, "
+                             f"e.g. key=[1,2]".replace("\n", " ")) from None
         raise ValueError(f"bad config: {e}{cause}".replace("\n", " ")) from None
+
+
+def _unbalanced(override: str) -> bool:
+    value = override.split("=", 1)[-1]
+    pairs = {"]": "[", "}": "{", ")": "("}
+    stack: list[str] = []
+    for ch in value:
+        if ch in "[{(":
+            stack.append(ch)
+        elif ch in pairs and (not stack or stack.pop() != pairs[ch]):
+            return True
+    return bool(stack) or value.count("'") % 2 == 1 or value.count('"') % 2 == 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,10 +53,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.local and not args.print_config:
         check_auth_mode(args.insecure_no_auth)  # before anything starts
+    from cls.preflight import check_run
+    from cls.train.run import absolute_paths
+
     cfg = resolve(args.overrides)
     if args.print_config:
         print(yaml.safe_dump(cfg, sort_keys=False))
         return 0
+    check_run(absolute_paths(cfg))  # every value, path and the dataset, before Ray starts
     if args.local:
         import sys
 

@@ -18,12 +18,16 @@ Why this layout:
 - One file per trial is too slow to read at scale (10,000 files: ~4 s on 2 cores), so `compact(root, sweep)`
   merges the live files of finished trials and the earlier parts into one `part-*.parquet` per table and
   sweep (1M epoch rows: ~0.1 s).
-- Every row carries `written_at` (ns since the epoch). `cls.results.load` keeps, per key ((sweep, trial_id)
-  or (sweep, trial_id, epoch)), the newest row. That covers the two windows where a plain reader can see a
-  key twice: between `compact` renaming its part into place and unlinking its inputs (or after a crash
-  there, until the next compact), and a trial written again after it was compacted (a resumed trial).
+- Every row carries `write_seq`: (attempt << 32) + a counter of its writer, the attempt one more than any
+  already in the store for that trial (schema.py), and `written_at` (ns since the epoch, informative only).
+  `cls.results.load` keeps, per key ((sweep, trial_id) or (sweep, trial_id, epoch)), the row of the largest
+  `write_seq`: a host whose clock is behind still wins with its newer row. That covers the two windows where
+  a plain reader can see a key twice: between `compact` renaming its part into place and unlinking its
+  inputs (or after a crash there, until the next compact), and a trial written again after it was compacted
+  (a resumed trial).
 
-Schemas: `trial_id` string, `epoch` int64, every metric float64, `written_at` int64. A file's columns are
+Schemas: one declared type per column (schema.py): `trial_id` string, `epoch` int64, every metric float64,
+`written_at` and `write_seq` int64, config columns as their config declares. A file's columns are
 those its trial wrote, so files can differ (a later trial adds `eval_top5`). Plain pandas takes the schema
 of the first file it opens and may drop such a column; `load` unifies the schemas of all files, and
 `compact` writes its part with the unified schema, so once a sweep is compacted to its one part plain pandas
@@ -35,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -43,11 +48,12 @@ import pyarrow.parquet as pq
 
 from cls.data.layout import write_atomic
 
+from .schema import WRITE_SEQ, WRITTEN_AT
+
 TABLES = ("epochs", "trials")
 KEYS = {"epochs": ("sweep", "trial_id", "epoch"), "trials": ("sweep", "trial_id")}
-STATUSES = ("running", "finished", "failed", "stopped")
+STATUSES = ("running", "finished", "failed", "stopped", "interrupted")  # interrupted: resumes when run again
 TERMINAL = ("finished", "failed", "stopped")  # no writer will touch such a trial again (resumes aside)
-WRITTEN_AT = "written_at"
 LIVE_PREFIX, PART_PREFIX = "trial-", "part-"
 
 # Names become file and directory names; a sweep name must start with a letter so that hive partitioning
@@ -61,10 +67,18 @@ def default_root() -> str:
     return os.environ.get("CLS_RESULTS", "results")
 
 
+# A name becomes part of file names (".trial-{ID}.parquet.{hex}.tmp", Tune's trial directories) that must
+# stay under the 255 bytes a file name may have.
+MAX_NAME = 100
+
+
 def check_name(kind: str, name: str) -> str:
     pattern = _SWEEP if kind == "sweep" else _TRIAL
     if not isinstance(name, str) or not pattern.fullmatch(name):
         raise ValueError(f"{kind} name {name!r} must match {pattern.pattern} (it becomes a file or directory name)")
+    if len(name) > MAX_NAME:
+        raise ValueError(f"{kind} name {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME} (it becomes "
+                         f"part of file names)")
     return name
 
 
@@ -97,8 +111,23 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
     write_atomic(path, sink.getvalue().to_pybytes())
 
 
-def read_file(path: Path) -> pa.Table | None:
-    """A live file's rows, or None if there is none (first write, or compacted away)."""
+class StoreWarning(UserWarning):
+    """Something in the store that readers skip or read differently: a damaged file, a conflicting column."""
+
+
+# What pyarrow raises on a file that is not (or no longer) valid Parquet: a truncated footer, bad magic bytes.
+DAMAGE = (OSError, pa.ArrowInvalid)
+
+
+def damaged_fix(path: Path) -> str:
+    hidden = path.with_name(f".{path.name}.damaged")
+    return (f"move it aside (mv {path} {hidden}: readers skip hidden names) or delete it; running the sweep again "
+            f"rewrites its trials' rows")
+
+
+def read_file(path: Path, repair: bool = False) -> pa.Table | None:
+    """A live file's rows, or None if there is none (first write, or compacted away). A damaged file is None
+    too, with a warning naming it, when `repair` (its owner is about to rewrite it whole); else it raises."""
     try:
         # Open once: pq.read_table(path) opens the path twice (footer, then data), and a writer's os.replace
         # in between makes it parse two different files ("Unexpected end of stream").
@@ -106,6 +135,16 @@ def read_file(path: Path) -> pa.Table | None:
             return pq.read_table(f)
     except FileNotFoundError:
         return None
+    except DAMAGE as e:
+        if not repair:
+            raise
+        warnings.warn(StoreWarning(f"{path} is damaged ({_one_line(e)}): its earlier rows are lost; writing it anew"),
+                      stacklevel=2)
+        return None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def concat(tables: Iterable[pa.Table]) -> pa.Table:
@@ -137,7 +176,15 @@ def compact(root: str | os.PathLike, sweep: str) -> dict[str, int]:
             continue
         # Remember what each input was when read, to leave alone a live file rewritten meanwhile.
         inputs = [(f, _identity(f)) for f in parts + done]
-        data = read_table(root, table, files=[f for f, _ in inputs]).drop_columns("sweep")
+        data, problems = read_table(root, table, files=[f for f, _ in inputs], report=True)
+        if problems.conflicts:
+            # A part must have one type per column; leave the files as they are (readers cope, with a warning).
+            warnings.warn(StoreWarning(f"not compacting {table} of sweep {sweep}: its files disagree on the type of "
+                                       f"{', '.join(sorted(problems.conflicts))}; see `cls results --check`"))
+            merged[table] = 0
+            continue
+        inputs = [(f, identity) for f, identity in inputs if f not in problems.damaged]  # never unlink those
+        data = data.drop_columns("sweep")
         # Deterministic name: compacting the same trials again replaces the same file.
         ids = sorted(set(data.column("trial_id").to_pylist()))
         target = directory / f"{PART_PREFIX}{hashlib.sha1(chr(10).join(ids).encode()).hexdigest()[:16]}.parquet"

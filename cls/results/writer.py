@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .store import STATUSES, WRITTEN_AT, check_name, concat, live_file, read_file, write_table_atomic
+from .schema import coerce_row, config_types
+from .store import STATUSES, WRITE_SEQ, WRITTEN_AT, check_name, concat, live_file, read_file, write_table_atomic
 
 
 class ResultsWriter:
@@ -26,6 +27,22 @@ class ResultsWriter:
 
     def __init__(self, root: str | os.PathLike, sweep: str, trial_id: str):
         self.root, self.sweep, self.trial_id = Path(root), check_name("sweep", sweep), check_name("trial", trial_id)
+        self._attempt: dict[str, int] = {}  # table -> this writer's attempt, found at its first write
+        self._count = 0
+
+    def _next_seq(self, table: str) -> int:
+        """The `write_seq` of this writer's next row of `table`: (attempt << 32) + a counter. The attempt is one
+        more than that of every row of this trial already in the store, so a later writer (a resumed run,
+        another host) wins whatever its clock says, and each write of one writer beats its previous one."""
+        if table not in self._attempt:
+            from .read import read_table
+
+            rows = read_table(self.root, table, sweep=self.sweep, filters=[("trial_id", "==", self.trial_id)])
+            seqs = [s for s in (rows.column(WRITE_SEQ).to_pylist() if WRITE_SEQ in rows.column_names else [])
+                    if s is not None]
+            self._attempt[table] = (max(seqs) >> 32) + 1 if seqs else 1
+        self._count += 1
+        return (self._attempt[table] << 32) + self._count
 
     def write_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Record `epoch`'s metrics (numbers; None -> NaN); a re-run epoch replaces the earlier row."""
@@ -35,9 +52,10 @@ class ResultsWriter:
         """Record several epochs in one rewrite (each row holds its "epoch"), e.g. a resumed run's backfill."""
         if not rows:
             return
-        new = pa.Table.from_pylist([self._epoch_row(r) for r in rows])
+        seq = self._next_seq("epochs")
+        new = concat([_table("epochs", {**self._epoch_row(r), WRITE_SEQ: seq}) for r in rows])
         path = live_file(self.root, "epochs", self.sweep, self.trial_id)
-        old = read_file(path)
+        old = read_file(path, repair=True)
         if old is not None:
             old = old.filter(~pc.field("epoch").isin(new.column("epoch")))
             new = concat([old, new])
@@ -46,7 +64,7 @@ class ResultsWriter:
     def _epoch_row(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         row = {"trial_id": self.trial_id, "epoch": int(metrics["epoch"])}
         for k, v in metrics.items():
-            if k in ("trial_id", "epoch", WRITTEN_AT):
+            if k in ("trial_id", "epoch", WRITTEN_AT, WRITE_SEQ):
                 continue
             if v is not None and not isinstance(v, (int, float)):
                 raise TypeError(f"metric {k!r} must be a number, got {type(v).__name__}")
@@ -60,20 +78,30 @@ class ResultsWriter:
         from .read import load  # read.py imports store.py, as this module does
 
         frame = load(self.root, table, sweep=self.sweep, filters=[("trial_id", "==", self.trial_id)])
-        frame = frame.drop(columns=["sweep", WRITTEN_AT], errors="ignore")
+        frame = frame.drop(columns=["sweep", WRITTEN_AT, WRITE_SEQ], errors="ignore")
         if table == "epochs" and "epoch" in frame:
             frame = frame.sort_values("epoch")
         return frame.to_dict("records")
 
-    def write_trial(self, row: Mapping[str, Any]) -> None:
+    def write_trial(self, row: Mapping[str, Any], config_types: Mapping[str, pa.DataType] | None = None) -> None:
         """Record the trial's summary row (replacing the previous one): typically `flatten_config(cfg)`,
-        `summarize(epochs)`, status, wall_s, gpu_hours. Host, git commit and versions are added if absent."""
+        `summarize(epochs)`, status, wall_s, gpu_hours. Host, git commit and versions are added if absent.
+        `config_types`: the declared types of the config's columns (schema.config_types(); TrialRecord
+        passes them), else a config column's type is that of its value."""
         status = row.get("status")
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         full = {"trial_id": self.trial_id, **environment(), **{k: _cell(k, v) for k, v in row.items()}}
         full["trial_id"], full[WRITTEN_AT] = self.trial_id, time.time_ns()
-        write_table_atomic(live_file(self.root, "trials", self.sweep, self.trial_id), pa.Table.from_pylist([full]))
+        full[WRITE_SEQ] = self._next_seq("trials")
+        write_table_atomic(live_file(self.root, "trials", self.sweep, self.trial_id), _table("trials", full, config_types))
+
+
+def _table(table: str, row: Mapping[str, Any], config_types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    """One row with every value coerced to its column's declared type (schema.py); StoreTypeError if one
+    does not fit."""
+    values, schema = coerce_row(table, row, config_types)
+    return pa.Table.from_pylist([values], schema=schema)
 
 
 class TrialRecord:
@@ -90,12 +118,27 @@ class TrialRecord:
         self.gpus = cfg["trainer"]["workers"] * gpus_per_worker
         self.extra = dict(extra or {})
         self.prior_wall_s, self.attempts, self.started = 0.0, 0, time.time()
+        self.epochs = cfg["trainer"]["epochs"]
+        self._previous: dict[str, Any] | None = None
+
+    @property
+    def previous(self) -> dict[str, Any]:
+        """The trial's row as the store has it before this attempt ({} if none)."""
+        if self._previous is None:
+            rows = self.writer.read("trials")
+            self._previous = rows[0] if rows else {}
+        return self._previous
+
+    def finished(self) -> bool:
+        """Whether an earlier attempt finished every epoch: then there is nothing to run."""
+        done = self.previous.get("epochs_done")
+        return self.previous.get("status") == "finished" and done is not None and done >= self.epochs
 
     def start(self) -> None:
-        previous = self.writer.read("trials")
+        previous = self.previous
         if previous:
-            self.prior_wall_s = float(previous[0].get("wall_s") or 0.0)
-            self.attempts = int(previous[0].get("attempts") or 0)
+            self.prior_wall_s = float(previous.get("wall_s") or 0.0)
+            self.attempts = int(previous.get("attempts") or 0)
         self.attempts += 1
         self.started = time.time()
         self._write("running", None, 0.0)
@@ -110,7 +153,7 @@ class TrialRecord:
             **self.config, **self.extra, **summarize(epochs),
             "status": status, "error": error, "epochs_done": len(epochs), "attempts": self.attempts,
             "wall_s": wall_s, "gpu_hours": wall_s * self.gpus / 3600, "started_at": self.started,  # this attempt's
-        })
+        }, config_types())
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -143,7 +186,7 @@ def summarize(epochs: list[Mapping[str, Any]]) -> dict[str, float]:
         return out
     ordered = sorted(epochs, key=lambda e: e["epoch"])
     for name in ordered[-1]:
-        if name in ("epoch", "trial_id", "sweep", WRITTEN_AT):
+        if name in ("epoch", "trial_id", "sweep", WRITTEN_AT, WRITE_SEQ):
             continue
         values = [float(e[name]) for e in ordered if isinstance(e.get(name), (int, float)) and not math.isnan(e[name])]
         if values:

@@ -164,9 +164,12 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: b
     )
     try:
         with _sigterm_as_interrupt():
-            tuner.fit()  # trial outcomes are in the store, where the callback wrote them
+            try:
+                tuner.fit()  # trial outcomes are in the store, where the callback wrote them
+            finally:
+                recorder.close_open("interrupted")  # cut short: never left "running"; resumes next time
     finally:
-        searcher.release_all()  # an interrupted trial's lease goes now, not after its ttl
+        searcher.release_all()  # after its row is closed: an interrupted trial's lease goes now, not after its ttl
     after = store_status(root, sweep.name)
     statuses = {t.trial_id: after.get(t.trial_id, "running") for t in trials}
     interrupted = any(s not in TERMINAL for s in statuses.values())
@@ -361,6 +364,11 @@ class _StoreCallback(tune.Callback):
         axes = " ".join(f"{k}={v}" for k, v in spec.axes.items())
         self._print(f"[{self.started}/{self.total}] {trial_id} started: {axes}")
 
+    def close_open(self, status: str) -> None:
+        """End the rows of the trials that started and never ended."""
+        while self.records:
+            self.records.popitem()[1].end(status)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         trial_id = trial.config["trial_id"]
         epochs = self.trials[trial_id].config["trainer"]["epochs"]
@@ -380,7 +388,8 @@ class _StoreCallback(tune.Callback):
         elif done >= self.trials[trial_id].config["trainer"]["epochs"]:
             status = "finished"
         else:
-            return  # cut short by an interruption: it stays "running" and resumes next time
+            status = "interrupted"  # cut short by an interruption: it resumes next time
+        self.records.pop(trial_id)
         record.end(status)
         self.searcher.release(trial_id)
         self._print(f"    {trial_id} {status} after {done} epochs")
@@ -392,6 +401,7 @@ class _StoreCallback(tune.Callback):
             self._print(f"    {trial_id} FAILED before starting: {_error_text(trial).splitlines()[-1]}")
             return
         error = _error_text(trial)
+        self.records.pop(trial_id)
         record.end("failed", error)
         self.searcher.release(trial_id)
         self._print(f"    {trial_id} FAILED: {error.strip().splitlines()[-1]}")

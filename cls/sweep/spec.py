@@ -37,6 +37,7 @@ from typing import Any, Iterable
 import numpy as np
 import yaml
 
+from cls.preflight import PreflightError, check_config
 from cls.results.store import check_name
 
 KINDS = ("grid", "choice", "pairs", "uniform", "loguniform", "randint")
@@ -133,9 +134,12 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     text = path.read_text()
     try:
         node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeys)
+    except _DuplicateKey as e:
+        raise SweepError(f"{path}:{e.line}: key {e.key!r} appears twice (also on line {e.first}); YAML would "
+                         f"silently keep the last: keep one") from None
     except yaml.YAMLError as e:
-        raise SweepError(f"{path}: not valid YAML: {e}") from None
+        raise SweepError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise SweepError(f"{path}:1: a sweep file is a mapping with at least `axes`")
     lines = _lines(node)
@@ -149,6 +153,28 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         else:
             trial_overrides.append(item)
     return _parse(data, where, trial_overrides)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error, not the last one winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen.setdefault(key, line) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeys.construct_mapping)
 
 
 @dataclass
@@ -204,7 +230,12 @@ def _set_dotted(data: dict, assignment: str, where: _Where) -> None:
             head = ".".join(parts[:-1])
             target = target.setdefault(head, {})
             parts = parts[-1:]
-    target[parts[0]] = yaml.safe_load(value)
+    try:
+        target[parts[0]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise SweepError(f"override sweep.{key}={value}: not a valid value ({problem}); close its brackets and "
+                         f"quotes, e.g. sweep.axes.seed.grid=[0,1]") from None
 
 
 def _parse(data: dict, where: _Where, cli_overrides: list[str]) -> Sweep:
@@ -379,7 +410,9 @@ def label(axis: Axis, value: Any) -> Any:
 def base_overrides(sweep: Sweep) -> list[str]:
     """What every trial composes before its axes: the preset, the file's overrides, the resources."""
     return [*([f"experiment={sweep.experiment}"] if sweep.experiment else []), *sweep.overrides,
-            *sweep.resources.overrides()]
+            *sweep.resources.overrides(),
+            # Which checkpoint is the best (kept beside the last few) is the sweep's metric.
+            f"trainer.checkpoint_metric={sweep.metric}", f"trainer.checkpoint_mode={sweep.mode}"]
 
 
 def expand(sweep: Sweep) -> list[Trial]:
@@ -412,7 +445,12 @@ def expand(sweep: Sweep) -> list[Trial]:
     for spec in variants:
         values = {axis.name: spec[f"a{i}"] for i, axis in enumerate(sweep.axes)}
         settings = [kv for axis in sweep.axes for kv in axis_settings(axis, values[axis.name])]
-        config = compose(settings, ("axes",), "the trial " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+        what = "the trial " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+        config = compose(settings, ("axes",), what)
+        try:
+            check_config(config)  # what would fail inside a worker, or after Ray started, fails here
+        except PreflightError as e:
+            raise where.error(("axes",), f"{what}: {e}") from None
         overrides = _merge(compose.base, [o for axis in sweep.axes for o in axis_overrides(axis, values[axis.name])])
         trial = Trial(run_name(config), overrides, {a.name: label(a, values[a.name]) for a in sweep.axes}, config)
         if trial.trial_id in trials:

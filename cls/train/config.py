@@ -50,6 +50,10 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "test"
     family: str | None = None  # transform family; default: the dataset's
+    # The split of a dataset that ships without one (digits, cats_vs_dogs, folder): a value of its own, not
+    # the trial's `seed`, so every seed of a configuration is tested on the same test set. Part of the trial
+    # id; the prepared manifest records it (source.options.seed) and a dataset split otherwise is refused.
+    split_seed: int = 0
     transforms: TransformOverrides = field(default_factory=TransformOverrides)
 
 
@@ -84,6 +88,9 @@ class TrainerConfig:
     max_steps: int | None = None  # per epoch; for smoke runs
     threads_per_worker: int | None = None  # torch intra-op threads; default: cpus_per_worker
     progress: bool | None = None  # a line per epoch; default: when stdout is a terminal
+    keep_checkpoints: int = 2  # the last N epochs' checkpoints are kept, and the best by checkpoint_metric
+    checkpoint_metric: str = "eval_top1"  # `cls sweep` sets it (and the mode) to the sweep's metric
+    checkpoint_mode: str = "max"  # max | min
 
 
 @dataclass
@@ -106,6 +113,21 @@ class ResultsConfig:
 
     root: str = "${oc.env:CLS_RESULTS,results}"  # the store; shared storage on a cluster
     sweep: str = "train"  # the store's partition; `cls sweep` sets it to the sweep's name
+
+
+@dataclass
+class TrainConfig:
+    """The top level of `train.yaml`: typed, so `seed=abc` fails at composition like any other bad value.
+    The groups are typed by their own nodes (above, and `_model_node`)."""
+
+    task: str = "classification"  # classification | style (the style network of seed 002)
+    seed: int = 0  # weights, data order and augmentation; not the dataset's split (data.split_seed)
+    model: Any = None
+    data: Any = None
+    optim: Any = None
+    trainer: Any = None
+    style: Any = None
+    results: Any = None
 
 
 _OMEGACONF_TYPES = (int, float, bool, str)
@@ -134,6 +156,7 @@ def _model_node(name: str) -> type:
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    cs.store(name="base_train", node=TrainConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="optim", name="base_optim", node=OptimConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)

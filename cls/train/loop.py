@@ -5,7 +5,8 @@ Each epoch rank 0 writes, atomically, into the run directory:
     epochs/epoch_{E:04d}.json      the epoch's metrics (idempotent: a re-run epoch overwrites its file)
     confusion/epoch_{E:04d}.csv    the evaluation confusion matrix (rows: true class)
 and the epoch's row into the results store (`cfg["results"]`, trial id = the run directory's name), then
-hands a checkpoint (fixed keys, see checkpoint.py) to the session, which persists it.
+its checkpoint (fixed keys) into checkpoints/epoch_{E:04d}/, keeping the last `trainer.keep_checkpoints`
+and the best by `trainer.checkpoint_metric` (see checkpoint.Checkpoints).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from torch import nn
 from cls.data.layout import read_manifest, write_atomic
 from cls.models import build_model
 
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint, state_digest
+from .checkpoint import Checkpoints, restore, state_digest
 from .engine import LossFn, binary_cross_entropy_loss, cross_entropy_loss, evaluate, train_one_epoch
 from .metrics import ClassificationMetrics
 
@@ -44,11 +44,9 @@ class Session(Protocol):
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
 
-    def latest_checkpoint(self) -> Path | None:
-        """A directory holding CHECKPOINT_FILE to resume from, or None for a fresh start."""
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        """Publish an epoch's metrics; every rank calls it once per epoch (rank 0 with the checkpoint)."""
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Publish an epoch's metrics; every rank calls it once per epoch. (Checkpoints are the run
+        directory's, written by rank 0: `Checkpoints`.)"""
 
 
 @dataclass
@@ -181,12 +179,16 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
     metrics = ClassificationMetrics(len(classes), device) if classification else None
 
     start_epoch = 0
-    resume_dir = session.latest_checkpoint()
+    checkpoints = Checkpoints(paths.root, keep=trainer["keep_checkpoints"], metric=trainer["checkpoint_metric"],
+                              mode=trainer["checkpoint_mode"])
+    resume_dir, state, skipped = checkpoints.resume(rank=session.rank)
+    if session.rank == 0:
+        _say_resume(paths.root.name, resume_dir, skipped)
     if resume_dir is not None:
-        state = load_checkpoint(resume_dir)
         start_epoch = restore(state, model, optimizer, scheduler)
         if session.rank == 0:  # a record of every resume: where from, and which optimizer state
             record = {"start_epoch": start_epoch, "checkpoint": str(resume_dir),
+                      "skipped": [[str(p), why] for p, why in skipped],
                       "optimizer_digest": state_digest(optimizer.state_dict()), "time": time.time()}
             paths.root.mkdir(parents=True, exist_ok=True)
             with open(paths.root / "resumes.jsonl", "a") as f:
@@ -219,21 +221,29 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
             "images_per_s": train["images_per_s"],
             "epoch_seconds": time.perf_counter() - started,
         }
-        checkpoint_dir = None
-        with contextlib.ExitStack() as stack:
-            if session.rank == 0:  # only rank 0 writes files
-                write_atomic(paths.epoch_file(epoch), json.dumps(last, sort_keys=True).encode())
-                if store is not None:
-                    store.write_epoch(epoch, last)
-                if confusion is not None:
-                    _write_confusion(paths.confusion / f"epoch_{epoch:04d}.csv", confusion, classes)
-                checkpoint_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cls-ckpt-")))
-                save_checkpoint(checkpoint_dir / CHECKPOINT_FILE, model=model, optimizer=optimizer,
-                                scheduler=scheduler, scaler=None, epoch=epoch, config=cfg)
-                if trainer.get("progress"):
-                    print(progress_line(last, trainer["epochs"], classification), flush=True)
-            session.report(last, checkpoint_dir)
+        if session.rank == 0:  # only rank 0 writes files
+            write_atomic(paths.epoch_file(epoch), json.dumps(last, sort_keys=True).encode())
+            if store is not None:
+                store.write_epoch(epoch, last)
+            if confusion is not None:
+                _write_confusion(paths.confusion / f"epoch_{epoch:04d}.csv", confusion, classes)
+            checkpoints.save(epoch, last, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None,
+                             config=cfg)
+            if trainer.get("progress"):
+                print(progress_line(last, trainer["epochs"], classification), flush=True)
+        session.report(last)
     return last
+
+
+def _say_resume(run: str, resumed: Path | None, skipped: list[tuple[Path, str]]) -> None:
+    for path, why in skipped:
+        print(f"{run}: checkpoint {path} does not load ({why}); moved aside to "
+              f"{path.parent if path.parent.name == 'checkpoints' else path.parent / 'checkpoints'}/damaged-{path.name}",
+              flush=True)
+    if resumed is not None and skipped:
+        print(f"{run}: resuming from the newest checkpoint that loads, {resumed}", flush=True)
+    elif skipped:
+        print(f"{run}: none of its checkpoints loads: starting over from epoch 1", flush=True)
 
 
 def _results_writer(cfg: dict[str, Any], paths: RunPaths):

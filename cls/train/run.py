@@ -19,7 +19,7 @@ from cls.data.layout import DatasetNotPrepared, read_manifest
 
 # Keys that change where or how a run is hosted, not what it computes: they do not enter its name.
 _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus_per_worker", "gpus_per_worker",
-                 "threads_per_worker"}
+                 "threads_per_worker", "keep_checkpoints", "checkpoint_metric", "checkpoint_mode"}
 _DATA_HOSTING_KEYS = {"root", "num_workers"}  # where the data lives, how many threads read it
 _TOP_HOSTING_KEYS = {"results"}  # where its rows are written
 
@@ -81,17 +81,30 @@ def run_dir(cfg: dict[str, Any]) -> Path:
 
 
 def ensure_data(cfg: dict[str, Any]) -> None:
-    """Fail before any worker starts if the dataset is not prepared; `digits` ships with scikit-learn and
-    is prepared on the spot."""
+    """Fail before any worker starts if the dataset is not prepared, or was split with another seed than
+    `data.split_seed`; `digits` ships with scikit-learn and is prepared on the spot (split by data.split_seed,
+    never by the trial's seed: one trial id, one test set)."""
     data = cfg["data"]
     try:
-        read_manifest(data["root"], data["name"])
+        manifest = read_manifest(data["root"], data["name"])
     except DatasetNotPrepared:
         if data["name"] != "digits":
             raise
         from cls.data.prepare import prepare
 
-        prepare("digits", None, data["root"], seed=cfg["seed"])
+        manifest = prepare("digits", None, data["root"], seed=data["split_seed"])
+    check_split_seed(data, manifest)
+
+
+def check_split_seed(data: dict[str, Any], manifest) -> None:
+    """The prepared dataset's split seed (recorded in its manifest) must be the config's `data.split_seed`."""
+    have = (manifest.source.get("options") or {}).get("seed")
+    want = data["split_seed"]
+    if have is not None and have != want:
+        raise ValueError(
+            f"{data['root']} was prepared with split seed {have} but the config asks for data.split_seed={want}: "
+            f"set data.split_seed={have}, or prepare it with that seed (cls data prepare {manifest.name} --seed {want} "
+            f"--out DIR --force, or into another DIR and set data.root=DIR)")
 
 
 def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False, log_to_driver: bool = True) -> None:
@@ -108,6 +121,18 @@ def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False, l
     os.environ.update({k: v for k, v in RAY_ENV.items() if k not in os.environ})
     address = os.environ.get("RAY_ADDRESS")
     env_vars = {k: os.environ[k] for k in RAY_ENV}
+    try:
+        _init_ray(ray, address, env_vars, num_cpus)
+    except Exception as e:  # noqa: BLE001 - whatever ray.init raises, the user sees one line
+        last = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)
+        from cls.preflight import PreflightError
+
+        where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray cluster"
+        raise PreflightError(f"{where} did not start: {last.strip()}; run the command again (on a loaded machine "
+                             f"Ray's start can time out), or join a running cluster with RAY_ADDRESS=HOST:PORT") from None
+
+
+def _init_ray(ray, address: str | None, env_vars: dict[str, str], num_cpus: float | None) -> None:
     if address:
         # Ray's state API (Train's placement-group cleaner uses it inside the cluster) finds its cluster by
         # RAY_ADDRESS, else by guessing, which fails when two clusters share a machine.
@@ -189,6 +214,8 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
     from cls.results import TrialRecord
     from cluster.torch_store import torch_config
 
+    from .checkpoint import drop_stale_ray_snapshot
+    from .loop import read_epochs
     from .ray_worker import train_loop_per_worker
 
     cfg = absolute_paths(cfg)
@@ -197,6 +224,13 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
         trainer_cfg["progress"] = sys.stdout.isatty()
     ensure_data(cfg)
     directory = run_dir(cfg)
+    row = TrialRecord(cfg, directory.name, 0.0) if record else None
+    if row and row.finished():
+        # Already done: running it again changes nothing (and never turns its row into a failed one).
+        print(f"{directory.name}: finished earlier ({row.previous['epochs_done']} epochs); nothing to run", flush=True)
+        epochs = read_epochs(directory)
+        return TrainResult(directory, epochs[-1] if epochs else {})
+    drop_stale_ray_snapshot(directory)
 
     connect_ray(insecure_no_auth=insecure_no_auth)
     resources = worker_resources(trainer_cfg, ray.cluster_resources())
@@ -213,14 +247,24 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
                              logging_config=LoggingConfig(log_level="WARNING")),
         torch_config=torch_config("nccl" if gpus > 0 else "gloo"),  # a file rendezvous on the local cluster
     )
-    row = TrialRecord(cfg, directory.name, gpus) if record else None
     if row:
+        row.gpus = trainer_cfg["workers"] * gpus
         row.start()
+    # Every way out closes the row: finished, failed with the error, or interrupted (it resumes when run
+    # again); never a "running" row that nothing runs.
     try:
         result = trainer.fit()
     except TrainingFailedError as e:
         if row:
             row.end("failed", str(e))
+        raise
+    except KeyboardInterrupt:
+        if row:
+            row.end("interrupted")
+        raise
+    except BaseException as e:
+        if row:
+            row.end("failed", f"{type(e).__name__}: {e}")
         raise
     if row:
         row.end("finished")

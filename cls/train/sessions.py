@@ -4,24 +4,19 @@ touches Ray) and the current process (`LocalSession`: one rank, for smoke runs a
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import CHECKPOINT_FILE
-
 
 class LocalSession:
-    """One process, no process group. Checkpoints are kept in RUN_DIR/checkpoints/epoch_XXXX/."""
+    """One process, no process group. (Checkpoints, in RUN_DIR/checkpoints/epoch_XXXX/, are the loop's.)"""
 
     rank, world_size, local_rank = 0, 1, 0
 
     def __init__(self, run_dir: str | os.PathLike, device: str | None = None) -> None:
-        self.checkpoints = Path(run_dir) / "checkpoints"
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.reports: list[dict[str, Any]] = []
 
@@ -32,24 +27,16 @@ class LocalSession:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
 
-    def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.checkpoints.glob("epoch_*") if (p / CHECKPOINT_FILE).is_file())
-        return done[-1] if done else None
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         self.reports.append(metrics)
-        if checkpoint_dir is not None:
-            target = self.checkpoints / f"epoch_{metrics['epoch']:04d}"
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, partial)
-            shutil.rmtree(target, ignore_errors=True)
-            partial.rename(target)  # a checkpoint directory is complete or absent
 
 
 class RaySession:
     """Inside `TorchTrainer`'s train_loop_per_worker: rank and device from Ray Train, DDP via prepare_model,
-    checkpoints persisted by ray.train.report to the run's storage."""
+    metrics to Ray by ray.train.report. Checkpoints are not handed to Ray: rank 0 writes them into the run
+    directory (on the storage every worker sees), where the loop prunes them and resumes from the newest
+    that loads; Ray's own checkpoint index could neither skip a damaged checkpoint nor start again once a
+    directory it lists was removed (CheckpointManagerInitializationError)."""
 
     def __init__(self) -> None:
         import ray.train
@@ -71,25 +58,10 @@ class RaySession:
         # DDP over the process group Ray set up (gloo on CPUs, NCCL on GPUs); a no-op for one worker.
         return ray.train.torch.prepare_model(model)
 
-    def latest_checkpoint(self) -> Path | None:
-        import pyarrow.fs
+    def report(self, metrics: dict[str, Any]) -> None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):  # local or shared storage: read in place
-            return Path(checkpoint.path)
-        # Not Checkpoint.to_directory() without a path: every worker on a node shares its temporary directory,
-        # and a worker that arrives after the first download finished downloads again over the files the
-        # first is reading (seen here as a corrupt checkpoint zip after a worker was replaced).
-        return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix=f"cls-resume-rank{self.rank}-")))
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics)
 
 
 class TorchrunSession(LocalSession):
@@ -114,17 +86,9 @@ class TorchrunSession(LocalSession):
         ids = [self.local_rank] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    def latest_checkpoint(self) -> Path | None:
-        import torch.distributed as dist
-
-        # Every rank must resume from the same epoch: rank 0 decides and tells the others.
-        found = [super().latest_checkpoint() if self.rank == 0 else None]
-        dist.broadcast_object_list(found, src=0)
-        return found[0]
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    def report(self, metrics: dict[str, Any]) -> None:
         if self.rank == 0:
-            super().report(metrics, checkpoint_dir)
+            super().report(metrics)
 
 
 def torchrun_main(argv: list[str] | None = None) -> None:
