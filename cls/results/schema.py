@@ -37,6 +37,7 @@ EPOCH_COLUMNS: dict[str, pa.DataType] = {"sweep": STRING, "trial_id": STRING, "e
 TRIAL_COLUMNS: dict[str, pa.DataType] = {
     "sweep": STRING, "trial_id": STRING, "experiment": STRING, "status": STRING, "error": STRING,
     "epochs_done": INT, "attempts": INT, "wall_s": FLOAT, "gpu_hours": FLOAT, "started_at": FLOAT,
+    "stopped_at_rung": INT,  # the ASHA rung (epochs) whose decision stopped the trial (cls.sweep.driver)
     "host": STRING, "git_commit": STRING, "torch_version": STRING, "ray_version": STRING, "cls_version": STRING,
     WRITTEN_AT: INT, WRITE_SEQ: INT,
 }
