@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cls.data.augment import default_mode
+
 from .checkpoint import CHECKPOINT_FILE
 
 
@@ -42,7 +44,10 @@ class LocalSession:
             target = self.checkpoints / f"epoch_{metrics['epoch']:04d}"
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, partial)
+            # copyfile, not copy2, and the directory's mode reset: the source is a 0700 temporary directory,
+            # and the run's checkpoints take the modes the user's umask gives, as its other files do.
+            shutil.copytree(checkpoint_dir, partial, copy_function=shutil.copyfile)
+            default_mode(partial)
             shutil.rmtree(target, ignore_errors=True)
             partial.rename(target)  # a checkpoint directory is complete or absent
 
