@@ -68,9 +68,6 @@ class LocalCluster:
     token_path: Path | None  # None with --insecure-no-auth
     dashboard: str
 
-    def token(self) -> str | None:
-        return self.token_path.read_text() if self.token_path else None
-
 
 def private_dir(prefix: str = "cls-ray-") -> Path:
     """A fresh directory only the user can enter, with an unguessable name. Short on purpose: Ray's Unix
@@ -114,8 +111,8 @@ def _stop_and_remove(directory: Path) -> None:
 
 def _reload_ray_config() -> None:
     """Make this process see the settings just put in os.environ: `import ray` already read RAY_AUTH_MODE
-    into its cached config and the loopback switch into a constant, and the token loader caches the token it found (Ray's own
-    authentication_token_setup._enable_token_auth re-initialises the config the same way)."""
+    into its cached config and the loopback switch into a constant, and the token loader caches the token
+    it found (Ray's own authentication_token_setup._enable_token_auth re-initialises the config this way)."""
     from ray._private import ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
 
