@@ -43,6 +43,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cluster.local import without_local_settings
+
 # Ports 10000-32767: under Linux's ephemeral range (32768-60999), where the kernel hands out client ports.
 PORT_LOW, PORT_HIGH = 10_000, 32_768
 BLOCK = 250  # 10 fixed ports and 240 for Ray's worker processes (one per worker; a node rarely has more)
@@ -332,7 +334,8 @@ class Job:
         (self.job_dir / "temp_dirs").write_text("".join(f"{node} {path}\n" for node, path
                                                         in zip(self.alloc.nodes, self.temp_dirs)))
         # The token travels to the steps in their environment (readable by the user alone), not on a command line.
-        return {**os.environ, **RAY_JOB_ENV, "RAY_AUTH_TOKEN": token, TMP_TAG_ENV: self.tmp_tag}
+        return {**without_local_settings(dict(os.environ)), **RAY_JOB_ENV, "RAY_AUTH_TOKEN": token,
+                TMP_TAG_ENV: self.tmp_tag}
 
     def _check_head_temp_dir(self) -> int:
         """The head's node is this one: its temp dir is made (or refused, exit 2) before any Ray process
