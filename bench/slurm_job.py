@@ -9,7 +9,7 @@ A one-trial, one-epoch sweep, so that fixed costs dominate. Per round, alternati
   every 0.1 s); sweep end is the bootstrap's "command exited" line, job exit its "exit" line and the moment
   `sbatch --wait` returns.
 - local: `cls sweep` on this machine; start is the process start, first trial running as above through the
-  local dashboard (`ray.init` prints its address).
+  local dashboard (`cls sweep` prints its address and token file).
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def local_round(work: Path, sweep: Path) -> dict[str, float]:
                             stderr=subprocess.STDOUT)
 
     def dashboard():
-        match = re.search(r"View the dashboard at \S*?(127\.0\.0\.1:\d+)", Path(out.name).read_text())
-        return (f"http://{match.group(1)}", Path.home().joinpath(".ray", "auth_token").read_text().strip()
-                if Path.home().joinpath(".ray", "auth_token").exists() else None) if match else None
+        # The local cluster's own token (cluster/local.py), named on the line that gives its dashboard.
+        match = re.search(r"Ray dashboard: (\S+) .*Token: (\S+) ", Path(out.name).read_text())
+        return (match.group(1), Path(match.group(2)).read_text().strip()) if match else None
 
     running = _first_running(dashboard, proc)
     proc.wait()

@@ -40,6 +40,16 @@ from pathlib import Path
 INSECURE_FLAG = "--insecure-no-auth"
 TOKEN_FILE = "ray_token"
 LOOPBACK = "127.0.0.1"
+# Set in the environment of the local cluster's processes: every server on 127.0.0.1 (module docstring),
+# gloo's and NCCL's sockets on the loopback interface.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+
+
+def without_local_settings(environ: dict[str, str]) -> dict[str, str]:
+    """ENVIRON less what `start` set for a local cluster, for processes of a multi-node cluster started from
+    a process that has one (the SLURM bootstrap): they must not inherit loopback-only settings."""
+    return {k: v for k, v in environ.items()
+            if k != "CLS_LOCAL_RAY_DIR" and not (k in LOOPBACK_ENV and v == LOOPBACK_ENV[k])}
 
 
 def add_insecure_flag(parser) -> None:
@@ -68,9 +78,6 @@ class LocalCluster:
     directory: Path  # 0700: the token file and Ray's temp dir (ray/)
     token_path: Path | None  # None with --insecure-no-auth
     dashboard: str
-
-    def token(self) -> str | None:
-        return self.token_path.read_text() if self.token_path else None
 
 
 def private_dir(prefix: str = "cls-ray-") -> Path:
@@ -122,8 +129,8 @@ def _stop_and_remove(directory: Path) -> None:
 
 def _reload_ray_config() -> None:
     """Make this process see the settings just put in os.environ: `import ray` already read RAY_AUTH_MODE
-    into its cached config and the loopback switch into a constant, and the token loader caches the token it found (Ray's own
-    authentication_token_setup._enable_token_auth re-initialises the config the same way)."""
+    into its cached config and the loopback switch into a constant, and the token loader caches the token
+    it found (Ray's own authentication_token_setup._enable_token_auth re-initialises the config this way)."""
     from ray._private import ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
 
@@ -145,11 +152,10 @@ def start(env_vars: dict[str, str], num_cpus: float | None = None, insecure_no_a
     directory = private_dir()
     token_path = None
     # Before ray.init: these reach every Ray process through the environment it inherits from us.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every server on 127.0.0.1 (module docstring)
     os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
-    # The process group of a run: its rendezvous a file in DIR (cluster/torch_store.py), its gloo/NCCL
-    # sockets on the loopback interface.
-    os.environ.update({"CLS_LOCAL_RAY_DIR": str(directory), "GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"})
+    # Every server on loopback (LOOPBACK_ENV); a run's process group meets through a file in DIR
+    # (cluster/torch_store.py).
+    os.environ.update({"CLS_LOCAL_RAY_DIR": str(directory), **LOOPBACK_ENV})
     if insecure_no_auth:
         os.environ["RAY_AUTH_MODE"] = "disabled"
         os.environ.pop("RAY_AUTH_TOKEN", None)

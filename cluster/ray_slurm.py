@@ -18,7 +18,10 @@ every node and exits with the command's status.
   `scancel --batch --signal=USR1 JOB`) stops the command as Ctrl-C does (the sweep saves and exits), then the
   job requeues itself; the requeued job runs the same command, which continues the sweep. SIGTERM (scancel,
   preemption) stops the command the same way without a requeue.
-- Temp dirs are short (Unix socket paths must stay under 108 bytes) and per node; they are removed at exit.
+- Temp dirs are short (Unix socket paths must stay under 108 bytes), per node, and made fresh with mode 0700
+  under a name with a random part (/tmp/cls-JOB-NODE-RANDOM, recorded in ~/.cls/jobs/JOB/temp_dirs); one that
+  exists and is another user's or writable by others stops the job with exit 2 before Ray starts there.
+  They are removed at exit.
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cluster.local import without_local_settings
 
 # Ports 10000-32767: under Linux's ephemeral range (32768-60999), where the kernel hands out client ports.
 PORT_LOW, PORT_HIGH = 10_000, 32_768
@@ -180,9 +186,49 @@ def node_memory(cpus: int, shm: str = "/dev/shm") -> tuple[int, int] | None:
     return total - store, store
 
 
-def temp_dir(job_id: int, node_index: int) -> Path:
-    # Short on purpose: Ray's Unix sockets live under it. $TMPDIR is often job-private scratch under SLURM.
-    return Path(os.environ.get("CLS_RAY_TMP", "/tmp")) / f"cls-{job_id}-{node_index}"
+TMP_TAG_ENV = "CLS_RAY_TMP_TAG"  # the random part of the job's temp dir names, passed to its node steps
+
+
+class UnsafeTempDir(RuntimeError):
+    """A node's temp dir exists and another user could have made it or can write to it."""
+
+
+def temp_dir(job_id: int, node_index: int, tag: str) -> Path:
+    """/tmp/cls-JOB-NODE-TAG. Short on purpose: Ray's Unix sockets live under it. TAG is random per job
+    (`new_tmp_tag`), so another user cannot make the directory beforehand. $TMPDIR is often job-private
+    scratch under SLURM; CLS_RAY_TMP chooses the parent."""
+    return Path(os.environ.get("CLS_RAY_TMP", "/tmp")) / f"cls-{job_id}-{node_index}-{tag}"
+
+
+def new_tmp_tag() -> str:
+    # CLS_RAY_TMP_TAG given: the tests' way to know the name beforehand (they pre-make a hostile directory).
+    return os.environ.get(TMP_TAG_ENV) or secrets.token_hex(6)
+
+
+def private_temp_dir(path: Path) -> Path:
+    """PATH as a fresh directory of mode 0700, or, when it exists, one this user owns that nobody else can
+    write to (then made 0700). Anything else (another user's directory, a group- or world-writable one, a
+    symlink, a file) raises UnsafeTempDir: Ray would put its sockets and logs where another user controls
+    them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+        return path
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory (a symlink or a file)"
+    elif info.st_uid != os.getuid():
+        problem = f"is owned by uid {info.st_uid}, not by you (uid {os.getuid()})"
+    elif info.st_mode & 0o022:
+        problem = f"is writable by others (mode {info.st_mode & 0o777:o})"
+    if problem:
+        raise UnsafeTempDir(f"the Ray temp dir {path} already exists and {problem}: someone may be trying to "
+                            f"reach this job's Ray sockets. Remove it, or set CLS_RAY_TMP to a directory of yours")
+    os.chmod(path, 0o700)
+    return path
 
 
 def ray_start_args(ports: Ports, ip: str, cpus: int, gpus: int, tmp: Path, head_address: str | None,
@@ -217,8 +263,12 @@ def node_main(args: argparse.Namespace) -> int:
     else:
         log(f"{name}: Ray gets {memory[0] / 2**30:.1f} GiB of memory and a {memory[1] / 2**30:.1f} GiB object store "
             f"(SLURM's --mem, /dev/shm)")
-    tmp = temp_dir(alloc.job_id, index)
-    tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = temp_dir(alloc.job_id, index, os.environ[TMP_TAG_ENV])
+    try:
+        private_temp_dir(tmp)
+    except UnsafeTempDir as e:
+        log(f"error: {e}")
+        return 2
     child = subprocess.Popen(ray_start_args(ports, ip, cpus, gpus, tmp, args.address, memory), stdout=sys.stdout,
                              stderr=subprocess.STDOUT)
     stopped = []
@@ -249,6 +299,7 @@ class Job:
         self.steps: list[subprocess.Popen] = []
         self.driver: subprocess.Popen | None = None
         self.stop_signal: int | None = None  # the first SIGUSR1/SIGTERM/SIGINT received
+        self.made_head_tmp = False
         self.t0 = time.monotonic()
         runs = Path(os.environ.get("CLS_RUNS", "runs")).absolute()
         self.log_dir = runs / "slurm" / str(self.alloc.job_id)
@@ -274,7 +325,9 @@ class Job:
             + (f", requeued {alloc.restarts} time(s): the command continues where it stopped" if alloc.restarts else ""))
         try:
             env = self._environment()
-            status = self._start_cluster(env)
+            status = self._check_head_temp_dir()
+            if status == 0:
+                status = self._start_cluster(env)
             if status == 0 and self.stop_signal is None:
                 status = self._run_command(env)
             elif self.stop_signal is not None:
@@ -283,6 +336,8 @@ class Job:
             t_end = time.monotonic()
             self._stop_cluster()
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            if self.made_head_tmp:  # never a directory that was not ours
+                shutil.rmtree(self.temp_dirs[0], ignore_errors=True)
             log(f"cluster stopped in {time.monotonic() - t_end:.1f} s")
         if self.stop_signal == signal.SIGUSR1 and status == 130:
             log(f"requeueing job {alloc.job_id}: the requeued job runs the same command and continues")
@@ -304,8 +359,25 @@ class Job:
         with os.fdopen(fd, "w") as f:
             f.write(token)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Each node's Ray temp dir has a random part, recorded here (0700) for whoever looks for it.
+        self.tmp_tag = new_tmp_tag()
+        self.temp_dirs = [temp_dir(self.alloc.job_id, i, self.tmp_tag) for i in range(len(self.alloc.nodes))]
+        (self.job_dir / "temp_dirs").write_text("".join(f"{node} {path}\n" for node, path
+                                                        in zip(self.alloc.nodes, self.temp_dirs)))
         # The token travels to the steps in their environment (readable by the user alone), not on a command line.
-        return {**os.environ, **RAY_JOB_ENV, "RAY_AUTH_TOKEN": token}
+        return {**without_local_settings(dict(os.environ)), **RAY_JOB_ENV, "RAY_AUTH_TOKEN": token,
+                TMP_TAG_ENV: self.tmp_tag}
+
+    def _check_head_temp_dir(self) -> int:
+        """The head's node is this one: its temp dir is made (or refused, exit 2) before any Ray process
+        starts. The head's step then finds it ours and 0700; every other node checks its own."""
+        try:
+            private_temp_dir(self.temp_dirs[0])
+        except UnsafeTempDir as e:
+            log(f"error: {e}")
+            return 2
+        self.made_head_tmp = True
+        return 0
 
     def _srun(self, nodes: list[str], args: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen:
         cmd = ["srun", "--overlap", f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}", "--ntasks-per-node=1",
@@ -322,7 +394,7 @@ class Job:
         self.address = f"{self.head_ip}:{self.ports.gcs}"
         head = self._srun([alloc.head], ["--ports", json.dumps(asdict(self.ports))], env, "ray-head.log")
         if not self._wait(lambda: _listening(self.head_ip, self.ports.gcs), [head], "the Ray head to listen"):
-            return self._failed_start("the Ray head did not start", "ray-head.log")
+            return self._refused(head) or self._failed_start("the Ray head did not start", "ray-head.log")
         workers = alloc.nodes[1:]
         steps = [head]
         if workers:
@@ -334,11 +406,19 @@ class Job:
             joined = []
             with contextlib.suppress(OSError, ValueError, KeyError):  # the head may be down as well
                 joined = alive_nodes(self.dashboard, token)
-            return self._failed_start(f"{len(joined)} of {len(alloc.nodes)} nodes joined "
+            return self._refused(*steps) or self._failed_start(f"{len(joined)} of {len(alloc.nodes)} nodes joined "
                                       f"({', '.join(joined) or 'none'})", "ray-*.log")
         log(f"Ray cluster up: {len(alloc.nodes)} nodes joined {time.monotonic() - self.t0:.1f} s after the job "
             f"started; head {self.address}")
         self._announce()
+        return 0
+
+    def _refused(self, *steps: subprocess.Popen) -> int:
+        """2 when a node step refused its temp dir (node_main's exit 2, which srun passes on), else 0."""
+        if any(step.poll() == 2 for step in steps):
+            log(f"error: a node refused its Ray temp dir (another user's, or writable by others); see "
+                f"{self.log_dir}/ray-*.log")
+            return 2
         return 0
 
     def _failed_start(self, what: str, logs: str) -> int:

@@ -50,10 +50,46 @@ def test_ray_start_binds_the_dashboard_to_the_node_address_only():
     assert not any(a.startswith("--dashboard-") and "agent" not in a for a in worker)
 
 
-def test_short_temp_dirs(monkeypatch):
+def test_short_unguessable_temp_dirs(monkeypatch):
     monkeypatch.delenv("CLS_RAY_TMP", raising=False)
+    monkeypatch.delenv(ray_slurm.TMP_TAG_ENV, raising=False)
+    tags = {ray_slurm.new_tmp_tag() for _ in range(20)}
+    assert len(tags) == 20 and all(len(t) == 12 for t in tags)  # 48 random bits per job
     # Ray puts Unix sockets under session_<date>_<time>_<pid>/sockets/: the root must stay short.
-    assert len(str(ray_slurm.temp_dir(12345678, 15))) <= 24
+    path = ray_slurm.temp_dir(12345678, 15, tags.pop())
+    assert len(str(path)) <= 34 and path.name.startswith("cls-12345678-15-")
+
+
+def test_a_temp_dir_is_made_fresh_and_private(tmp_path):
+    previous = os.umask(0)
+    try:
+        made = ray_slurm.private_temp_dir(tmp_path / "cls-7-0-abc")
+    finally:
+        os.umask(previous)
+    assert made.stat().st_mode & 0o777 == 0o700
+    ours = tmp_path / "cls-7-1-abc"
+    ours.mkdir(mode=0o755)
+    assert ray_slurm.private_temp_dir(ours).stat().st_mode & 0o777 == 0o700  # ours, not writable by others
+
+
+@pytest.mark.parametrize("kind", ["world-writable", "group-writable", "other-owner", "symlink"])
+def test_a_temp_dir_another_user_could_control_is_refused(kind, tmp_path):
+    path = tmp_path / "cls-7-0-abc"
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        path.mkdir()
+        path.chmod({"world-writable": 0o777, "group-writable": 0o770, "other-owner": 0o700}[kind])
+        if kind == "other-owner":
+            if os.geteuid() != 0:
+                pytest.skip("giving a directory to another user needs root")
+            os.chown(path, 65534, 65534)  # nobody
+    before = path.lstat()
+    with pytest.raises(ray_slurm.UnsafeTempDir, match=str(path)):
+        ray_slurm.private_temp_dir(path)
+    after = path.lstat()
+    assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)  # left as it was
 
 
 def test_resources_are_slurms_and_absent_gpus_are_not_given_to_ray(monkeypatch, capsys):

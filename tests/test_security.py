@@ -94,6 +94,26 @@ def test_the_flag_is_the_only_way_to_disable_auth():
         local.check_auth_mode(False, {"RAY_AUTH_MODE": " Disabled"})
 
 
+def test_without_auth_the_start_line_says_who_can_reach_the_cluster(tmp_path):
+    import getpass
+    import io
+
+    out = io.StringIO()
+    local.announce(local.LocalCluster(tmp_path, None, "http://127.0.0.1:8265"), out)
+    line = out.getvalue()
+    assert line.startswith("WARNING:") and line.count("\n") == 1
+    assert "every user of this machine" in line and getpass.getuser() in line and "127.0.0.1" in line
+    out = io.StringIO()
+    local.announce(local.LocalCluster(tmp_path, tmp_path / "ray_token", "http://127.0.0.1:8265"), out)
+    assert "Token: " + str(tmp_path / "ray_token") in out.getvalue() and "Authorization: Bearer" in out.getvalue()
+
+
+def test_a_slurm_job_started_beside_a_local_cluster_does_not_inherit_its_loopback_settings():
+    inherited = {**local.LOOPBACK_ENV, "CLS_LOCAL_RAY_DIR": "/tmp/cls-ray-x", "PATH": "/bin",
+                 "GLOO_SOCKET_IFNAME": "ib0"}  # the user's own choice stays
+    assert local.without_local_settings(inherited) == {"PATH": "/bin", "GLOO_SOCKET_IFNAME": "ib0"}
+
+
 def test_token_file_and_dir_are_private_whatever_the_umask(tmp_path, monkeypatch):
     monkeypatch.setenv("CLS_RAY_TMP", str(tmp_path))
     previous = os.umask(0)

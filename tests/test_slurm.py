@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -251,3 +252,34 @@ def test_a_cluster_that_cannot_start_fails_clearly_and_leaves_nothing(job_env, t
     assert "error: the Ray head did not start" in log and "ray-head.log" in log and "running:" not in log
     job_id = re.search(r"job (\d+) on 2 node", log).group(1)
     assert_nothing_left(job_id, job_env)
+
+
+def test_another_users_temp_dir_stops_the_job_before_ray_starts(job_env, tmp_path):
+    """A world-writable /tmp/cls-JOB-0-TAG of another user, made before the job starts: the bootstrap exits
+    2 with the reason, starts no Ray process and leaves that directory as it was. (TAG is random per job;
+    the test fixes it through CLS_RAY_TMP_TAG to make the directory first, as an attacker who guessed it.)"""
+    tag = "hostile" + secrets.token_hex(3)
+    env = {**job_env, "CLS_RAY_TMP_TAG": tag, "CLS_RAY_JOIN_TIMEOUT": "60"}
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "--gpus-per-node=1", "--cpus-per-task=2", "--time=30",
+                           f"--output={tmp_path}/job-%j.out", "slurm/sweep_dnffm.sh", *QUICKSTART],
+                          cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    job_id = held.stdout.strip().split(";")[0]
+    hostile = Path("/tmp") / f"cls-{job_id}-0-{tag}"
+    hostile.mkdir()
+    hostile.chmod(0o777)
+    os.chown(hostile, 65534, 65534)  # nobody's
+    try:
+        slurm_out(env, "scontrol", "release", job_id)
+        wait_for(lambda: slurm_out(env, "squeue", "-h", "-j", job_id, "-o", "%T") == "", timeout=300,
+                 what="the job to end")
+        state = slurm_out(env, "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode").splitlines()
+        log = job_log(tmp_path)
+        assert state[-1] == "FAILED|2:0", (state, log[-3000:])
+        assert f"error: the Ray temp dir {hostile} already exists and is owned by uid 65534" in log, log[-3000:]
+        assert "Ray cluster up" not in log and "running:" not in log
+        assert not (Path(os.environ.get("CLS_RUNS", "runs")) / "slurm" / job_id / "ray-head.log").exists()
+        assert hostile.stat().st_uid == 65534 and hostile.stat().st_mode & 0o777 == 0o777
+        assert not list(hostile.iterdir())  # nothing of the job's inside
+        assert not list(Path(env["CLS_JOBS_DIR"]).glob(f"{job_id}/*")), "the job's token remains"
+    finally:
+        shutil.rmtree(hostile, ignore_errors=True)

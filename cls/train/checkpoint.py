@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cls.data.augment import default_mode
+
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "config")
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -50,6 +52,7 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        default_mode(Path(tmp))  # mkstemp's 0600 -> what the umask gives, as any other file of the run
         torch.save(state, tmp)
         os.replace(tmp, path)
     except BaseException:
