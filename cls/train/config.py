@@ -88,7 +88,8 @@ class TrainerConfig:
 
 @dataclass
 class StyleConfig:
-    """The style network's training (seed 002 §3): one style image, VGG-19 perceptual loss."""
+    """The style network's training (seed 002 §3): one style image, VGG-19 perceptual loss. The layers are our
+    choice among those §3.1 tries (it names no best set; see cls/models/style.py for how VGG-19 names map)."""
 
     image: str | None = None  # the style image
     content_layers: tuple[str, ...] = ("conv3_3",)
