@@ -145,3 +145,20 @@ def test_the_readme_command_from_a_fresh_directory(tmp_path):
     assert (row["sweep"], row["trial_id"], row["status"], row["epochs_done"]) == ("train", run_dir.name, "finished", 1)
     assert row["final_eval_top1"] == read_epochs(run_dir)[0]["eval_top1"]
     assert load(tmp_path / "results", "epochs")["epoch"].tolist() == [0]
+
+
+def test_one_and_two_workers_take_the_same_global_batch_and_steps(tmp_path, ray_cluster):
+    """data.batch_size is the global batch: 1 worker takes it whole, 2 take half each, and either way an epoch
+    is the same number of optimizer steps at the same lr (read back from the results store)."""
+    from cls.train.run import train
+
+    for workers in (1, 2):
+        train(config(tmp_path, "data.backend=torch", "trainer.epochs=1", f"trainer.workers={workers}",
+                     "data.batch_size=64", f"trainer.name=workers{workers}"))
+    epochs = load(os.environ["CLS_RESULTS"], "epochs", sweep="train").set_index("trial_id")
+    one, two = epochs.loc["workers1"], epochs.loc["workers2"]
+    train_images = read_manifest(tmp_path / "data" / "digits").splits["train"].count
+    assert one["global_batch"] == two["global_batch"] == 64
+    assert one["steps"] == two["steps"] == -(-train_images // 64)  # ceil: the last step takes the rest
+    assert one["lr"] == two["lr"]
+    assert one["train_images"] == two["train_images"] == train_images

@@ -214,3 +214,17 @@ def test_workers_take_a_gpu_each_when_the_cluster_has_them_unless_told():
     assert worker_resources({**trainer, "gpus_per_worker": 0.0}, {"CPU": 8.0, "GPU": 2.0}) == {"CPU": 4.0}
     with pytest.raises(ValueError, match="lower trainer.workers"):
         worker_resources({**trainer, "workers": 3}, {"CPU": 8.0, "GPU": 2.0})
+
+
+def test_the_global_batch_divides_over_the_workers_or_fails_before_ray(tmp_path, monkeypatch):
+    from cls.train import run
+
+    assert run.worker_batch(16, 2) == 8 and run.worker_batch(20, 1) == 20
+    with pytest.raises(ValueError, match=r"data.batch_size=20 is the global batch .* trainer.workers=3: set "
+                                         r"data.batch_size to a multiple of 3 \(e.g. 18 or 21\)"):
+        run.worker_batch(20, 3)
+    cfg = to_container(compose_config(["experiment=maea_cub200", "trainer.workers=3",
+                                       f"data.root={tmp_path / 'missing'}"]))
+    monkeypatch.setattr(run, "connect_ray", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(ValueError, match=r"data.batch_size=16 .* trainer.workers=3"):
+        run.train(cfg)  # neither Ray nor the (missing) dataset is reached

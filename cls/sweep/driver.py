@@ -73,8 +73,10 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
     trial event to `out`."""
     import ray
 
-    from cls.train.run import connect_ray, ensure_data, worker_resources
+    from cls.train.run import check_batch, connect_ray, ensure_data, worker_resources
 
+    for t in trials:
+        check_batch(t.config)  # before Ray: a global batch that does not divide over a trial's workers
     root = trials[0].config["results"]["root"]
     for cfg in {t.config["data"]["root"]: t.config for t in trials}.values():
         ensure_data(cfg)  # before Tune: an unprepared dataset fails here, once, not in every trial

@@ -44,8 +44,11 @@ class DataConfig:
     name: str = "digits"
     root: str = "${oc.env:CLS_DATA_ROOT,data}/${.name}"  # a prepared dataset (cls data prepare)
     backend: str = "dali"  # dali | torch
-    batch_size: int = 64  # per worker
-    eval_batch_size: int | None = None  # default: batch_size
+    # The global batch of one optimizer step, as the papers state it: each of the run's trainer.workers ranks
+    # takes batch_size / workers (it must divide), so the steps per epoch and the lr's meaning do not depend
+    # on the allocation. Every epoch row records it (`global_batch`) and the steps it took (`steps`).
+    batch_size: int = 64
+    eval_batch_size: int | None = None  # global too (default: batch_size); each rank takes its ceil share
     num_workers: int = 2  # loader threads/processes per worker
     train_split: str = "train"
     eval_split: str = "test"

@@ -17,7 +17,9 @@ from typing import Any, Sequence
 
 from cls.data.layout import DatasetNotPrepared, read_manifest
 
-# Keys that change where or how a run is hosted, not what it computes: they do not enter its name.
+# Keys that change where or how a run is hosted, not what it computes: they do not enter its name. `workers`
+# is one because data.batch_size is the global batch: 1 or 8 ranks take the same optimizer steps at the same lr
+# (only BatchNorm's batch statistics are per rank, over batch_size / workers images).
 _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus_per_worker", "gpus_per_worker",
                  "threads_per_worker"}
 _DATA_HOSTING_KEYS = {"root", "num_workers"}  # where the data lives, how many threads read it
@@ -72,6 +74,29 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("style", {}).get("image"):
         cfg["style"] = {**cfg["style"], "image": absolute(cfg["style"]["image"])}
     return cfg
+
+
+def worker_batch(batch_size: int, workers: int, key: str = "data.batch_size") -> int:
+    """Each rank's share of the global batch `batch_size` (one optimizer step) over `workers` ranks. Raises,
+    naming the fix, when it does not divide: a rounded share would change the batch the lr was set for."""
+    if batch_size < 1:
+        raise ValueError(f"{key} must be at least 1, got {batch_size}")
+    if batch_size % workers:
+        below = batch_size - batch_size % workers
+        raise ValueError(
+            f"{key}={batch_size} is the global batch of one optimizer step and must divide over "
+            f"trainer.workers={workers}: set {key} to a multiple of {workers} (e.g. {below or workers} or "
+            f"{below + workers}), or trainer.workers to a divisor of {batch_size}"
+        )
+    return batch_size // workers
+
+
+def check_batch(cfg: dict[str, Any], workers: int | None = None) -> None:
+    """Fail before Ray starts if the run's global batch does not divide over its workers (see worker_batch)."""
+    workers = workers or cfg["trainer"]["workers"]
+    if workers < 1:
+        raise ValueError(f"trainer.workers must be at least 1, got {workers}")
+    worker_batch(cfg["data"]["batch_size"], workers)
 
 
 def run_dir(cfg: dict[str, Any]) -> Path:
@@ -180,6 +205,7 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
     trainer_cfg = cfg["trainer"]
     if trainer_cfg["progress"] is None:
         trainer_cfg["progress"] = sys.stdout.isatty()
+    check_batch(cfg)
     ensure_data(cfg)
     directory = run_dir(cfg)
 
