@@ -35,6 +35,7 @@ class TransformOverrides:
     scale: tuple[float, float] | None = None
     ratio: tuple[float, float] | None = None
     hflip: bool | None = None
+    augment: bool | None = None  # online augmentation in training; false: the evaluation transforms
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
 
@@ -54,6 +55,9 @@ class DataConfig:
     eval_split: str = "test"
     family: str | None = None  # transform family; default: the dataset's
     transforms: TransformOverrides = field(default_factory=TransformOverrides)
+    # The per-class subset the prepared dataset must hold (its `per_class` prepare option, for expanded copies
+    # that of the dataset they were expanded from); checked before Ray starts. None: whatever was prepared.
+    per_class: int | None = None
 
 
 @dataclass

@@ -117,6 +117,27 @@ def ensure_data(cfg: dict[str, Any]) -> None:
         from cls.data.prepare import prepare
 
         prepare("digits", None, data["root"], seed=cfg["seed"])
+    if data.get("per_class") is not None:
+        check_per_class(data)
+
+
+def _prepare_options(source: dict[str, Any]) -> dict[str, Any]:
+    """The `cls data prepare` options of a dataset, or of the one an expanded copy was made from."""
+    while "options" not in source and isinstance(source.get("parent"), dict):
+        source = source["parent"]
+    return source.get("options") or {}
+
+
+def check_per_class(data: dict[str, Any]) -> None:
+    """The prepared dataset must be the per-class subset the config names (seed 002: 5,000 per class)."""
+    manifest = read_manifest(data["root"], data["name"])
+    found = _prepare_options(manifest.source).get("per_class")
+    if found != data["per_class"]:
+        raise ValueError(
+            f"{data['root']} was prepared with per_class={found} but data.per_class={data['per_class']}: prepare "
+            f"it again with `cls data prepare {data['name']} --src DIR --out {data['root']} per_class="
+            f"{data['per_class']} --force` (and expand it again), or set data.per_class=null to use it as it is"
+        )
 
 
 def connect_ray(num_cpus: float | None = None) -> None:
