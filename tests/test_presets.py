@@ -116,3 +116,24 @@ def test_a_dataset_that_is_not_the_papers_subset_fails_before_training(tmp_path)
     with pytest.raises(ValueError, match=r"prepared with per_class=None but data.per_class=5000: .*per_class=5000"):
         ensure_data(cfg)
     ensure_data(to_container(compose_config(["experiment=vgg16_catsdogs", f"data.root={root}", "data.per_class=null"])))
+
+
+def test_an_expansion_in_the_other_split_order_fails_before_training(tmp_path):
+    from cls.data.augment import expand_dataset
+    from cls.train.run import ensure_data
+    from prepared_fixtures import write_jpeg_dataset
+
+    src = tmp_path / "cats_vs_dogs"
+    write_jpeg_dataset(src, {"train": 4, "val": 2, "test": 2}, num_classes=2, name="cats_vs_dogs")
+    base = ["experiment=vgg16_catsdogs_pan_noise", "data.per_class=null"]
+    for order in ("paper", "clean"):
+        root = tmp_path / order / "cats_vs_dogs-pan_noise"
+        expand_dataset(src, root, "pan+noise", split_order=order)
+        cfg = to_container(compose_config([*base, f"data.root={root}", f"data.split_order={order}"]))
+        ensure_data(cfg)  # the order it was expanded in
+        other = "clean" if order == "paper" else "paper"
+        cfg = to_container(compose_config([*base, f"data.root={root}", f"data.split_order={other}"]))
+        with pytest.raises(ValueError, match=f"expanded with split order '{order}' but data.split_order='{other}'"):
+            ensure_data(cfg)
+    cfg = to_container(compose_config(["experiment=vgg16_catsdogs_style"]))
+    assert cfg["data"]["split_order"] == "paper" and cfg["data"]["root"].endswith("/paper/cats_vs_dogs-style")

@@ -58,6 +58,10 @@ class DataConfig:
     # The per-class subset the prepared dataset must hold (its `per_class` prepare option, for expanded copies
     # that of the dataset they were expanded from); checked before Ray starts. None: whatever was prepared.
     per_class: int | None = None
+    # Seed 002's split order of an expanded dataset (cls augment / cls stylize apply --split-order): "paper"
+    # expands, then splits 6:2:2 (§4.3: expanded images reach val and test), "clean" splits, then expands train
+    # only. Checked before Ray starts against how the dataset at `root` was expanded. None: not checked.
+    split_order: str | None = None
 
 
 @dataclass

@@ -119,6 +119,25 @@ def ensure_data(cfg: dict[str, Any]) -> None:
         prepare("digits", None, data["root"], seed=cfg["seed"])
     if data.get("per_class") is not None:
         check_per_class(data)
+    if data.get("split_order") is not None:
+        check_split_order(data)
+
+
+def check_split_order(data: dict[str, Any]) -> None:
+    """An expanded dataset must have been expanded in the split order the config names (seed 002 §4.3)."""
+    from cls.data.augment import check_split_order as valid
+
+    valid(data["split_order"])
+    source = read_manifest(data["root"], data["name"]).source
+    if "expanded_from" not in source:
+        return  # not expanded (Table 2's "No" row): both orders read the same 6:2:2 split
+    found = source.get("split_order", "clean")  # expansions made before split orders existed were clean
+    if found != data["split_order"]:
+        raise ValueError(
+            f"{data['root']} was expanded with split order {found!r} but data.split_order={data['split_order']!r}: "
+            f"expand it again with `cls augment` / `cls stylize apply` --split-order {data['split_order']} into "
+            f"another directory, or set data.split_order={found}"
+        )
 
 
 def _prepare_options(source: dict[str, Any]) -> dict[str, Any]:
