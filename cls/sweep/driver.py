@@ -77,6 +77,11 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout) -> SweepOutcome
 
     for t in trials:
         check_batch(t.config)  # before Ray: a global batch that does not divide over a trial's workers
+    if sweep.derive:  # the derived datasets the trials read, once, before the data checks below
+        from .derive import build_derived
+
+        connect_ray()
+        build_derived(sweep.derive, log=lambda line: print(line, file=out, flush=True))
     root = trials[0].config["results"]["root"]
     for cfg in {t.config["data"]["root"]: t.config for t in trials}.values():
         ensure_data(cfg)  # before Tune: an unprepared dataset fails here, once, not in every trial
