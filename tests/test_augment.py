@@ -237,3 +237,42 @@ def test_cli_augment_end_to_end(tmp_path, capsys):
     assert "unknown augmentation policy 'blur'" in capsys.readouterr().err
     assert main([*argv[:-2], "--rotate", "10"]) == 2  # same --out, different config
     assert "already holds a different prepared dataset" in capsys.readouterr().err
+
+
+def _generated(root: Path, split: str) -> int:
+    """Generated images in a split's file list (copies are named "x__{tag}.jpg")."""
+    return sum("__" in rel for rel, _ in read_file_list(root, split))
+
+
+def test_split_order_paper_puts_expanded_images_in_val_and_test_and_clean_never_does(tmp_path):
+    src = make_prepared(tmp_path / "src")
+    paper = expand_dataset(src, tmp_path / "paper", "pan+noise", split_order="paper")
+    clean = expand_dataset(src, tmp_path / "clean", "pan+noise", split_order="clean")
+    originals = {s: 2 * n for s, n in COUNTS.items()}  # two classes
+    total = sum(originals.values())
+
+    # paper (seed 002 §4.3): all 14 images expanded to 28, the 14 copies split 6:2:2 as the originals are
+    assert paper.source["split_order"] == "paper"
+    assert paper.source["generated"]["val"] > 0 and paper.source["generated"]["test"] > 0
+    assert sum(paper.source["generated"].values()) == total
+    for split in COUNTS:
+        assert paper.splits[split].count == originals[split] + paper.source["generated"][split]
+        assert _generated(tmp_path / "paper", split) == paper.source["generated"][split]
+        assert all(rel.startswith(f"images/{split}/") for rel, _ in read_file_list(tmp_path / "paper", split))
+    assert paper.source["generated"]["train"] > paper.source["generated"]["val"]
+
+    # clean: split first, expand train only; val and test are the source's lists, untouched
+    assert clean.source["split_order"] == "clean"
+    assert clean.source["generated"] == {"train": originals["train"], "val": 0, "test": 0}
+    assert (_generated(tmp_path / "clean", "val"), _generated(tmp_path / "clean", "test")) == (0, 0)
+    for split in ("val", "test"):
+        assert (tmp_path / "clean" / f"{split}.txt").read_bytes() == (src / f"{split}.txt").read_bytes()
+    assert clean.splits["train"].count == 2 * originals["train"]
+
+    # every listed image has its digest, and a second run of either order reuses what is there
+    for root in (tmp_path / "paper", tmp_path / "clean"):
+        listed = {rel for s in COUNTS for rel, _ in read_file_list(root, s)}
+        assert set(image_digests(root)) == listed and all((root / rel).is_file() for rel in listed)
+    assert expand_dataset(src, tmp_path / "paper", "pan+noise", split_order="paper") == paper
+    with pytest.raises(ValueError, match="split_order must be one of"):
+        expand_dataset(src, tmp_path / "x", "noise", split_order="shuffled")

@@ -17,7 +17,7 @@ from cls.train.sessions import LocalSession
 from prepared_fixtures import write_dataset_for
 
 SWEEPS = sorted(glob.glob("sweeps/*.yaml"))
-EXPECTED_TRIALS = {"quickstart": 8, "dnffm_ablation": 720, "maea_ablation": 54, "style_aug": 18, "baselines": 36}
+EXPECTED_TRIALS = {"quickstart": 8, "dnffm_ablation": 720, "maea_ablation": 54, "style_aug": 36, "baselines": 36}
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -193,3 +193,68 @@ def test_each_sweep_runs_one_tiny_step_at_both_ends_of_its_grid(tmp_path, path):
     epochs = load(tmp_path / "results", "epochs", sweep=Path(path).stem)
     assert sorted(epochs["trial_id"]) == sorted({trials[0].trial_id, trials[-1].trial_id})
     assert os.listdir(tmp_path / "results" / "epochs") == [f"sweep={Path(path).stem}"]
+
+
+def test_style_aug_declares_its_derived_datasets_and_builds_each_once(tmp_path, monkeypatch):
+    """sweeps/style_aug.yaml's `derive:` on a tiny cats vs dogs: two style networks (a few steps here), the four
+    policies and the styled copies in both split orders; built once, then kept (as Ray tasks the second time)."""
+    import numpy as np
+    from PIL import Image
+
+    from cls.data.layout import read_manifest
+    from cls.sweep.derive import build_derived
+    from prepared_fixtures import write_jpeg_dataset
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("CLS_DATA_ROOT", str(data))
+    from dataclasses import replace
+
+    from cls.data.layout import write_manifest
+
+    source = write_jpeg_dataset(data / "cats_vs_dogs", {"train": 4, "val": 2, "test": 2}, num_classes=2,
+                                name="cats_vs_dogs", sides=(32, 40))
+    write_manifest(data / "cats_vs_dogs", replace(source, classes=["cat", "dog"]))  # Kaggle's class names
+    (data / "coco").symlink_to(data / "cats_vs_dogs" / "images" / "train")
+    (data / "styles").mkdir()
+    for name in ("wave", "abstract"):
+        pixels = np.random.default_rng(len(name)).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(data / "styles" / f"{name}.jpg")
+    text = Path("sweeps/style_aug.yaml").read_text()
+    for name in ("wave", "abstract"):  # the shipped entries, trained for 2 steps on a random VGG-19
+        text = text.replace(f'style: "${{CLS_DATA_ROOT}}/styles/{name}.jpg"}}',
+                            f'style: "${{CLS_DATA_ROOT}}/styles/{name}.jpg", steps: 2, size: 32, batch_size: 2, '
+                            f'pretrained_vgg: false}}')
+    sweep = load_sweep(write(tmp_path, text))
+    assert len(sweep.derive) == 12
+
+    first = build_derived(sweep.derive, use_ray=False, log=lambda line: None)
+    assert sorted(set(first.values())) == ["built"] and len(first) == 12
+    for order in ("paper", "clean"):
+        for name in ("pan_crop", "crop_rotate", "rotate_noise", "pan_noise", "style"):
+            manifest = read_manifest(data / order / f"cats_vs_dogs-{name}")
+            assert manifest.source["split_order"] == order
+            leaked = manifest.source["generated"]["val"] + manifest.source["generated"]["test"]
+            assert (leaked > 0) if order == "paper" else (leaked == 0)
+    stamps = {p: p.stat().st_mtime_ns for p in data.rglob("manifest.json")} | {
+        p: p.stat().st_mtime_ns for p in (data / "styles").glob("*.pt")}
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        again = build_derived(sweep.derive, use_ray=True, log=lambda line: None)
+    finally:
+        ray.shutdown()
+    assert set(again.values()) == {"kept"} and len(again) == 12
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing was written again
+
+
+def test_a_bad_derive_entry_names_its_line(tmp_path):
+    path = write(tmp_path, "experiment: dnffm_digits\naxes:\n  seed: {grid: [0]}\nderive:\n"
+                           "  - augment: {out: x, src: y, policy: noise}\n  - shuffle: {out: z}\n")
+    with pytest.raises(SweepError, match=r"sweep.yaml:6: each derive entry is one of"):
+        load_sweep(path)
+    path = write(tmp_path, "experiment: dnffm_digits\naxes:\n  seed: {grid: [0]}\nderive:\n"
+                           "  - augment: {out: x, src: y, policy: noise, copies: two}\n")
+    with pytest.raises(SweepError, match=r"sweep.yaml:5: augment.copies must be a int"):
+        load_sweep(path)

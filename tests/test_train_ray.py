@@ -195,3 +195,20 @@ def test_rows_are_closed_on_every_exit_and_ray_starts_over_a_removed_checkpoint(
         row = load(results, "trials", sweep="train").set_index("trial_id").loc[status]
         assert row["status"] == status
         assert status == "interrupted" or "RuntimeError: stopped here" in row["error"]
+
+
+def test_one_and_two_workers_take_the_same_global_batch_and_steps(tmp_path, ray_cluster):
+    """data.batch_size is the global batch: 1 worker takes it whole, 2 take half each, and either way an epoch
+    is the same number of optimizer steps at the same lr (read back from the results store)."""
+    from cls.train.run import train
+
+    for workers in (1, 2):
+        train(config(tmp_path, "data.backend=torch", "trainer.epochs=1", f"trainer.workers={workers}",
+                     "data.batch_size=64", f"trainer.name=workers{workers}"))
+    epochs = load(os.environ["CLS_RESULTS"], "epochs", sweep="train").set_index("trial_id")
+    one, two = epochs.loc["workers1"], epochs.loc["workers2"]
+    train_images = read_manifest(tmp_path / "data" / "digits").splits["train"].count
+    assert one["global_batch"] == two["global_batch"] == 64
+    assert one["steps"] == two["steps"] == -(-train_images // 64)  # ceil: the last step takes the rest
+    assert one["lr"] == two["lr"]
+    assert one["train_images"] == two["train_images"] == train_images

@@ -241,3 +241,17 @@ def test_the_private_ray_train_api_we_override_is_still_there():
     assert issubclass(lean, TorchTrainer) and lean is not TorchTrainer
     assert lean._create_default_callbacks is not TorchTrainer._create_default_callbacks
     assert inspect.getmodule(DatasetsCallback) is not None and inspect.getmodule(PlacementGroupCleanerCallback)
+
+
+def test_the_global_batch_divides_over_the_workers_or_fails_before_ray(tmp_path, monkeypatch):
+    from cls.train import run
+
+    assert run.worker_batch(16, 2) == 8 and run.worker_batch(20, 1) == 20
+    with pytest.raises(ValueError, match=r"data.batch_size=20 is the global batch .* trainer.workers=3: set "
+                                         r"data.batch_size to a multiple of 3 \(e.g. 18 or 21\)"):
+        run.worker_batch(20, 3)
+    cfg = to_container(compose_config(["experiment=maea_cub200", "trainer.workers=3",
+                                       f"data.root={tmp_path / 'missing'}"]))
+    monkeypatch.setattr(run, "connect_ray", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(ValueError, match=r"data.batch_size=16 .* trainer.workers=3"):
+        run.train(cfg)  # neither Ray nor the (missing) dataset is reached

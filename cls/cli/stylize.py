@@ -57,6 +57,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     a.add_argument("--batch-size", type=int, default=8)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--device", default="auto")
+    a.add_argument("--split-order", choices=("paper", "clean"), default="clean",
+                   help="paper: style every image, then split the copies 6:2:2 (seed 002 §4.3); clean: style "
+                   "train only (default %(default)s)")
     a.set_defaults(run=run_apply)
 
     s = actions.add_parser("score", help="Grad-CAM score of each style per class, and the best (§4.1)")
@@ -130,13 +133,13 @@ def run_apply(args: argparse.Namespace) -> int:
     try:
         manifest = stylize_dataset(
             args.src, args.out, styles, size=args.size, fraction=args.fraction, batch_size=args.batch_size,
-            seed=args.seed, device=_device(args.device), progress=True,
+            seed=args.seed, device=_device(args.device), progress=True, split_order=args.split_order,
         )  # fmt: skip
     except FileExistsError as e:
         raise ValueError(str(e)) from e
     used = ", ".join(f"{c}: {Path(s['checkpoint']).name}" for c, s in manifest.source["styles"].items())
     counts = ", ".join(f"{split} {n}" for split, n in split_counts(manifest).items())
-    print(f"{args.out}: {manifest.name} with styled train copies ({used}): {counts}")
+    print(f"{args.out}: {manifest.name} with styled copies ({used}, split order {args.split_order}): {counts}")
     return 0
 
 

@@ -1,9 +1,18 @@
 """Traditional augmentation of seed 002 (Zheng et al.), §4 and Table 2, as offline dataset expansion.
 
-Seed 002 §4.3 expands the cats-and-dogs data offline (both expanded sets hold 20,000 images) and trains on
-the result, so augmentation here writes a NEW prepared dataset (`cls.data.layout`, kind "jpeg"): its train
-split is the source's train images plus `copies` augmented copies of each (labels kept); val and test are
-carried over unchanged (hard links, or copies across file systems) and never augmented.
+Seed 002 §4.3 expands the cats-and-dogs data offline and trains on the result, so augmentation here writes a
+NEW prepared dataset (`cls.data.layout`, kind "jpeg"), in one of two split orders (`SPLIT_ORDERS`):
+
+- "paper", what §4.3 does: the 10,000 images are expanded to 20,000 and the enhanced set is then split 6:2:2,
+  "the enhanced data is also based on the ratio of 6:2:2". Every image of the source (all of its splits) gets
+  `copies` augmented copies; the originals keep the source's own 6:2:2 split and the copies are split 6:2:2
+  (stratified, seeded) on their own, so augmented images reach validation and test, and a copy may be tested
+  while its original is trained on.
+- "clean", the sound protocol: the source is split first and only its train split is expanded (6,000 ->
+  12,000; 16,000 in all); val and test are carried over unchanged and never augmented.
+
+Either way the files are hard links (or copies across file systems) of the source's plus the new images, and
+manifest.source records `split_order` and how many generated images each split holds (`generated`).
 
 Policies are Table 2's operations: "pan" (random translation), "crop" (random crop resized back to the
 original size), "rotate" and "noise" (additive Gaussian), and any "+"-joined sequence of them, applied in
@@ -32,6 +41,9 @@ from torch import Tensor
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+import numpy as np
+
+from .sources import stratified_split
 from .layout import (
     IMAGE_CHECKSUMS,
     MANIFEST,
@@ -226,13 +238,25 @@ def check_output(src_root: Path, out_root: Path, source: dict[str, Any]) -> Mani
             existing = read_manifest(out_root)
         except (DatasetNotPrepared, ValueError, TypeError, KeyError) as e:
             raise FileExistsError(f"{out_root} holds a {MANIFEST} this cls cannot read ({e}); choose another --out")
-        if existing.source == _normalised(source):
+        # `generated` (the counts the write found) is an outcome, not part of what was asked for.
+        if {k: v for k, v in existing.source.items() if k != "generated"} == _normalised(source):
             return existing
         raise FileExistsError(
             f"{out_root} already holds a different prepared dataset (source {existing.source.get('method', '?')} "
             f"of {existing.source.get('expanded_from', '?')}); remove it or choose another --out"
         )
     raise FileExistsError(f"{out_root} exists and is not empty; remove it or choose another --out")
+
+
+SPLIT_ORDERS = ("paper", "clean")
+PAPER_RATIOS = (0.6, 0.2, 0.2)  # seed 002 §4.3: train, val, test
+
+
+def check_split_order(split_order: str) -> str:
+    if split_order not in SPLIT_ORDERS:
+        raise ValueError(f"split_order must be one of {SPLIT_ORDERS} (paper: expand then split 6:2:2, seed 002 "
+                         f"§4.3; clean: split then expand train only), got {split_order!r}")
+    return split_order
 
 
 def expand_prepared(
@@ -242,11 +266,15 @@ def expand_prepared(
     source: dict[str, Any],
     *,
     src_manifest: Manifest | None = None,
+    split_order: str = "clean",
+    seed: int = 0,
 ) -> Manifest:
-    """Write `out_root`: `src_root` with the images `generate` yields added to its train split.
+    """Write `out_root`: `src_root` with the images `generate` yields added, in `split_order` (module docstring):
+    "clean" adds them to train only and `generate` sees the train images; "paper" has `generate` see every
+    split's images and splits what it yields 6:2:2 (stratified by class, seeded by `seed`).
 
-    Every split's files are carried over unchanged; generated images must lie under images/train/ and get
-    their own names. The tree is built in a hidden sibling directory, its manifest written last, and the
+    Every split's files are carried over unchanged; generated images are named by `generate` (their own names,
+    under images/train/ for "clean"; "paper" moves each into the images/{split}/ of the split it lands in). The tree is built in a hidden sibling directory, its manifest written last, and the
     directory renamed into place, so `out_root` is a complete prepared dataset or absent. `source` goes
     into manifest.source (with the source dataset's own provenance under "parent"); if `out_root` already
     holds a dataset made with the same `source`, it is returned as it is.
@@ -257,7 +285,13 @@ def expand_prepared(
         raise ValueError(f"{src_root} is a {src.kind!r} dataset; offline expansion writes JPEG datasets only")
     if "train" not in src.splits:
         raise ValueError(f"{src_root} has no train split (splits: {', '.join(src.splits)})")
+    check_split_order(split_order)
+    paper = split_order == "paper"
+    if paper and not {"train", "val", "test"} <= set(src.splits):
+        raise ValueError(f"split_order=paper splits the expanded set into train/val/test 6:2:2; {src_root} has splits "
+                         f"{', '.join(src.splits)} (prepare it with its 6:2:2 split, or use split_order=clean)")
     # As it reads back from manifest.json (tuples as lists), so the returned manifest equals the written one.
+    source = {**source, "split_order": split_order, **({"split_seed": seed} if paper else {})}
     source = _normalised({**source, "expanded_from": str(src_root.resolve()), "parent": src.source})
     existing = check_output(src_root, out_root, source)
     if existing is not None:
@@ -268,23 +302,54 @@ def expand_prepared(
     try:
         default_mode(tmp)
         splits, checksums, image_sums = {}, {}, []
-        for split in src.splits:
-            pairs = read_file_list(src_root, split)
+        lists = {split: read_file_list(src_root, split) for split in src.splits}
+        taken = {rel for pairs in lists.values() for rel, _ in pairs}
+        for pairs in lists.values():
             for rel, _ in pairs:
                 _link_or_copy(src_root / rel, tmp / rel)
-                image_sums.append((rel, sha256_file(tmp / rel)))
-            if split == "train":
-                taken = {rel for rel, _ in pairs}
-                for rel, label, data in generate(src_root, list(pairs)):
-                    if rel in taken or not rel.startswith("images/train/"):
-                        raise ValueError(f"generated image {rel!r} is outside images/train/ or reuses a name")
-                    if not 0 <= label < len(src.classes):
-                        raise ValueError(f"generated image {rel!r} has label {label}, not a class index")
-                    taken.add(rel)
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (tmp / rel).write_bytes(data)
-                    image_sums.append((rel, hashlib.sha256(data).hexdigest()))
-                    pairs.append((rel, label))
+
+        def write_generated(pairs: list[tuple[str, int]], prefix: str) -> list[tuple[str, int, str]]:
+            """Write what `generate` yields for `pairs`: (rel, label, sha256) of each new image."""
+            made = []
+            for rel, label, data in generate(src_root, list(pairs)):
+                if rel in taken or not rel.startswith(prefix):
+                    raise ValueError(f"generated image {rel!r} is outside {prefix} or reuses a name")
+                if not 0 <= label < len(src.classes):
+                    raise ValueError(f"generated image {rel!r} has label {label}, not a class index")
+                taken.add(rel)
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / rel).write_bytes(data)
+                made.append((rel, label, hashlib.sha256(data).hexdigest()))
+            return made
+
+        generated: dict[str, int] = {split: 0 for split in src.splits}
+        if paper:
+            # §4.3: expand everything, then split the enhanced images 6:2:2 as the originals are.
+            made = write_generated([p for pairs in lists.values() for p in pairs], "images/")
+            parts = stratified_split(np.array([label for _, label, _ in made], dtype=np.int64), PAPER_RATIOS, seed)
+            for split, indices in zip(("train", "val", "test"), parts):
+                for i in indices:
+                    rel, label, digest = made[i]
+                    dest = f"images/{split}/{rel.split('/', 2)[2]}"
+                    if dest != rel:
+                        if dest in taken:
+                            raise ValueError(f"generated image {rel!r} would replace {dest!r} in split {split}")
+                        (tmp / dest).parent.mkdir(parents=True, exist_ok=True)
+                        os.rename(tmp / rel, tmp / dest)
+                        taken.discard(rel)
+                        taken.add(dest)
+                    lists[split].append((dest, label))
+                    image_sums.append((dest, digest))
+                generated[split] = len(indices)
+        else:
+            made = write_generated(lists["train"], "images/train/")
+            lists["train"] += [(rel, label) for rel, label, _ in made]
+            image_sums += [(rel, digest) for rel, _, digest in made]
+            generated["train"] = len(made)
+        source = {**source, "generated": generated}
+        for split in src.splits:
+            pairs = lists[split]
+            image_sums += [(rel, sha256_file(tmp / rel)) for rel, _ in read_file_list(src_root, split)]
             (tmp / f"{split}.txt").write_text("".join(f"{rel} {label}\n" for rel, label in pairs))
             checksums[f"{split}.txt"] = sha256_file(tmp / f"{split}.txt")
             per_class = [0] * len(src.classes)
@@ -326,10 +391,12 @@ def expand_dataset(
     *,
     config: AugmentConfig | None = None,
     progress: bool = False,
+    split_order: str = "clean",
 ) -> Manifest:
-    """Seed 002 §4.3's traditional expansion: `copies` augmented copies of every train image under `policy`.
+    """Seed 002 §4.3's traditional expansion: `copies` augmented copies of images under `policy`.
 
-    The new train split has original * (1 + copies) images; val and test are the source's, unchanged.
+    "clean" (default): the new train split has original * (1 + copies) images; val and test are the source's,
+    unchanged. "paper": every image gets its copies and the copies are split 6:2:2 (see `expand_prepared`).
     Copy k of image "x.jpg" is "x__{policy with '+' as '-'}{k}.jpg", seeded by (seed, its path, k).
     """
     parse_policy(policy)  # fail before touching any file
@@ -348,7 +415,7 @@ def expand_dataset(
                 yield copy_name(rel, f"{tag}{k}"), label, encode(out, cfg.jpeg_quality)
 
     source = {"method": "augment", "policy": policy, "copies": copies, "seed": seed, "config": asdict(cfg)}
-    return expand_prepared(src_root, out_root, generate, source)
+    return expand_prepared(src_root, out_root, generate, source, split_order=split_order, seed=seed)
 
 
 def split_counts(manifest: Manifest) -> dict[str, int]:
@@ -359,6 +426,8 @@ def split_counts(manifest: Manifest) -> dict[str, int]:
 
 __all__ = [
     "OPERATIONS",
+    "SPLIT_ORDERS",
+    "check_split_order",
     "TABLE_2_POLICIES",
     "IMAGE_CHECKSUMS",
     "AugmentConfig",

@@ -164,6 +164,7 @@ def _augment(images: DataNode, config: TransformConfig, train: bool, extent: tup
 @pipeline_def
 def jpeg_pipeline(source: BatchSource, config: TransformConfig, train: bool, decoder: str):
     """File paths and labels from `source` -> (B, 3, size, size) float32 images, (B,) int64 labels."""
+    train = train and config.augment  # augment=False: training takes the evaluation transforms
     paths, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
                                        dtype=[types.UINT8, types.INT64], ndim=[1, 0])
     # DALI's threads read the files: reading them in the Python callback cost 15% of the throughput on 2 cores.
@@ -181,6 +182,7 @@ def jpeg_pipeline(source: BatchSource, config: TransformConfig, train: bool, dec
 @pipeline_def
 def array_pipeline(source: BatchSource, config: TransformConfig, train: bool, gpu: bool, extent: tuple[int, int]):
     """(B, H, W, 3) uint8 batches and labels from `source` -> (B, 3, size, size) float32 images, (B,) labels."""
+    train = train and config.augment
     images, labels = fn.external_source(source=source, num_outputs=2, batch=True, batch_info=True,
                                         dtype=[types.UINT8, types.INT64], ndim=[3, 0], layout=["HWC", ""])
     return _augment(images.gpu() if gpu else images, config, train, extent), labels
@@ -192,7 +194,7 @@ class DaliLoader(Loader):
         super().__init__(root, manifest, split, sampler, transforms, device)
         fetch: ArrayBatches | JpegBatches
         if manifest.kind == "array":
-            padded = transforms.family == "32px" and sampler.train
+            padded = transforms.family == "32px" and sampler.train and transforms.augment
             fetch = ArrayBatches(root, split, padding=transforms.padding if padded else 0)
         else:
             fetch = JpegBatches(root, split)

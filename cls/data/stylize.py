@@ -307,13 +307,16 @@ def stylize_dataset(
     device: str | torch.device = "cpu",
     jpeg_quality: int = 95,
     progress: bool = False,
+    split_order: str = "clean",
 ) -> Manifest:
-    """Seed 002 §4.3: a new prepared dataset whose train split adds a styled copy of each train image.
+    """Seed 002 §4.3: a new prepared dataset with a styled copy of each image: of each train image with
+    split_order "clean" (val and test unchanged), of every image, split 6:2:2, with "paper" (as §4.3 does; see
+    `cls.data.augment.expand_prepared`).
 
     `styles` is one style checkpoint for every class, or {class name: checkpoint} (the paper styles cats
     with waves and dogs with abstract); classes left out of the mapping get no styled copies. `fraction`
     styles a random subset of each class's train images (fraction x count, rounded half up, drawn with
-    `seed`; 1.0 = all, the paper's 10,000 -> 20,000). Val and test are carried over unchanged. A copy keeps
+    `seed`; 1.0 = all, the paper's 10,000 -> 20,000). A copy keeps
     its original's size; see `stylize_images` for `size`. "x.jpg" styled by "wave.pt" is "x__style-wave.jpg".
     """
     src_root = Path(src_root)
@@ -371,7 +374,7 @@ def stylize_dataset(
                 bar.update(len(batch))
         bar.close()
 
-    return expand_prepared(src_root, out_root, generate, source, src_manifest=src)
+    return expand_prepared(src_root, out_root, generate, source, src_manifest=src, split_order=split_order, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class CentreCrop:
 def build_transform(config: TransformConfig, train: bool) -> Transform:
     """`config` as torchvision v2 transforms: (3, H, W) uint8 image -> (3, size, size) float32, normalised."""
     size = config.size
+    train = train and config.augment  # augment=False: training takes the evaluation transforms
     steps: list[Transform]
     if config.family == "32px":
         steps = [v2.RandomCrop(size, padding=config.padding, pad_if_needed=True)] if train else [CentreCrop(size)]

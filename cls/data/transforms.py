@@ -9,7 +9,9 @@ float32 CHW, (x / 255 - mean) / std.
 - "imagenet" (seed 002): train takes a random resized crop to `size` (area fraction `scale`, aspect `ratio`) and
   flips; eval resizes the shorter side to `resize` and crops the centre `size`.
 - "fine_grained" (seed 003 §4.2): both resize to `resize` x `resize`; train crops `size` at random and flips,
-  eval crops the centre `size`.
+  eval crops the centre `size`. With resize = size it is a plain square resize (seed 002's 224 x 224).
+
+`augment=False` gives training the evaluation transforms (no online augmentation) in every family.
 
 Two integer rules are fixed here so both backends agree to the pixel: a shorter-side resize gives the long side
 `floor(resize * long / short)` (torchvision's rule; DALI would round), and a centre crop starts at
@@ -50,6 +52,9 @@ class TransformConfig:
     scale: tuple[float, float] = (0.08, 1.0)  # imagenet: area fraction of the random resized crop
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # imagenet: aspect ratio (w / h) of that crop
     hflip: bool = True  # random horizontal flip in training
+    # Online augmentation in training (the family's random crop and flip). False: training images get the
+    # evaluation transforms, as seed 002 trains (its §5: no processing "during the training process").
+    augment: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 

@@ -5,11 +5,14 @@ Choices the paper leaves open, each a config value:
 - `ma_after`: which ResNet stage MA follows. Default "layer3": Table 4 puts MA at +2.2 M parameters, which is
   what MA's 2C->C fusion conv and MLP cost at C = 1024 (after layer3) and not at C = 2048 (+8.9 M).
 - `ea_rerun`: what the second stage re-runs on the erased input. "tail" (default) erases MA's output
-  (Eq. 20, F'' = F' ⊗ M) and re-runs the stages after `ma_after` and a classifier: +20% MACs at 448 px,
-  matching Table 4 (16.5 -> 19.8 GMACs). "full" erases the image (Eq. 18 upsamples the map "to the size of
-  the original image") and re-runs the whole network: +100% MACs.
+  F_out = F + F' (Eqs. 4-5; Eq. 20 writes F'' = F' ⊗ M) and re-runs the stages after `ma_after` and a
+  classifier. MA and EA together then cost +20% MACs at 448 px, as MA and EA together do in Table 4
+  (16.5 -> 19.8 GMACs), but split differently: in Table 4 MA adds 2.0 G (16.5 -> 18.5) and EA 1.3 G
+  (18.5 -> 19.8); here MA adds ~0.002 G and EA's second pass through layer4 3.2 G (docs/benchmarks.md).
+  "full" erases the image (Eq. 18 upsamples the map "to the size of the original image") and re-runs the
+  whole network: +100% MACs.
 - `ea_head`: the second stage's classifier, "separate" (default; Table 4 adds parameters for EA) or "shared".
-- `theta` (Eq. 19) has no value in the paper; it thresholds the attention map rescaled to [0, 1] per image.
+- `theta` (§3.3, Eq. 19) has no value in the paper; it thresholds the attention map rescaled to [0, 1] per image.
 - Inference (Table 4 counts EA's MACs, so both stages run): the mean of both stages' logits, §3.5's "equal
   weighting". In training mode the model returns both stages' logits for Eq. (21).
 """
@@ -134,7 +137,8 @@ class FineGrainedResNet(nn.Module):
         if not self.ea:
             return logits
         if self.ea_rerun == "tail":
-            erased = f * erasure_mask(attention, f.shape[-2:], self.theta)  # Eq. (20)
+            # Eq. (20) on what MA outputs: f is F_out = F + F' (Eq. 5), not the attention term F' alone.
+            erased = f * erasure_mask(attention, f.shape[-2:], self.theta)
         else:
             erased, _ = self._features(x * erasure_mask(attention, x.shape[-2:], self.theta))
         logits_erased = self._classify(erased, self.fc_erased if self.fc_erased is not None else self.fc)

@@ -74,7 +74,10 @@ def style_transformer(*, channels: int = 32, residual_blocks: int = 5) -> Transf
     return TransformerNet(channels, residual_blocks)
 
 
-# VGG-19's conv layers by the names the paper uses (conv{block}_{index}), in torchvision's `features` order.
+# VGG-19's conv layers as conv{block}_{index}, in torchvision's `features` order. Seed 002 §3.1 names conv1_2,
+# conv2_2, conv3_3, conv4_3, conv5_3: the block-final layers of VGG-16 (Johnson et al.'s relu3_3 etc.), while the
+# paper says its loss network is VGG-19 (§2.2), where blocks 3-5 have four convs. We read the names literally in
+# VGG-19: conv3_3 is the third of block 3's four convs, not its last (that is conv3_4, also available here).
 _VGG19_BLOCKS = (2, 2, 4, 4, 4)
 
 
@@ -104,8 +107,10 @@ def content_loss(output_features: Tensor, target_features: Tensor) -> Tensor:
 class PerceptualLoss(nn.Module):
     """Content + style loss of seed 002 §2.2 on a frozen VGG-19 (ImageNet weights unless pretrained=False).
 
-    Defaults are the paper's best choice (§3.1, Figs. 6-7): a middle content layer (conv3_3) and consecutive
-    style layers from low to high (conv1_2, conv2_2, conv3_3, conv4_3). Features are taken after each named
+    Defaults are our choice: §3.1 names no single best set; it finds that "multiple consecutive layers from the
+    low-level to the high-level" as style layers and "the layer closer to the middle" as content layer work best,
+    and Fig. 7 tries five style sets with content conv3_3. We take content conv3_3 and the Fig. 7 set conv1_2,
+    conv2_2, conv3_3, conv4_3, which fits that description (layer names: see `_VGG19_BLOCKS`). Features are taken after each named
     conv's ReLU. The style loss is the squared Frobenius distance of the Gram matrices (Eq. 3), summed over
     layers (Johnson et al. 2016, Eq. 4); a total-variation term is optional.
     """

@@ -1,5 +1,12 @@
 """The VGG-16 transfer-learning binary classifier of seed 002 §4.2 (Fig. 9): the ImageNet convolutional base
-kept and frozen, its dense layers replaced by two dense layers and one sigmoid output.
+"is retained, all dense connection layers are deleted, and then a two-layer dense connection layer and sigmoid
+activation function are added after the convolution base".
+
+What the paper leaves open, each a model option (config `model.*`), our choices:
+- `freeze_base` (default true): "retained" does not say frozen or fine-tuned; we freeze it, the usual
+  Keras transfer recipe the paper's setting (lr 1e-5, 30 epochs) suggests, and `freeze_base=false` fine-tunes it.
+- `hidden` (default 256) and `dropout` (default 0.5): the paper gives neither the first dense layer's width nor
+  any dropout; Dense(256) + Dropout(0.5) before the one-unit sigmoid layer is that same recipe's head.
 
 The model returns the logit (B,); the sigmoid is applied by `predict_proba` and, fused for numerical
 stability, by `BCEWithLogitsLoss` (the paper's binary cross-entropy, §4.3).
@@ -49,5 +56,6 @@ class VGG16Transfer(nn.Module):
 def vgg16_transfer(
     *, hidden: int = 256, dropout: float = 0.5, pretrained: bool | str = True, freeze_base: bool = True
 ) -> VGG16Transfer:
-    """Seed 002's binary classifier; transfer learning needs the ImageNet weights, hence pretrained=True."""
+    """Seed 002's binary classifier; transfer learning needs the ImageNet weights, hence pretrained=True.
+    `hidden`, `dropout` and `freeze_base` are our choices (module docstring): the paper gives none of them."""
     return VGG16Transfer(hidden, dropout, pretrained, freeze_base)

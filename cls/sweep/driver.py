@@ -114,8 +114,15 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: b
     `insecure_no_auth`: a local cluster runs without token auth (--insecure-no-auth)."""
     import ray
 
-    from cls.train.run import connect_ray, ensure_data, worker_resources
+    from cls.train.run import check_batch, connect_ray, ensure_data, worker_resources
 
+    for t in trials:
+        check_batch(t.config)  # before Ray: a global batch that does not divide over a trial's workers
+    if sweep.derive:  # the derived datasets the trials read, once, before the data checks below
+        from .derive import build_derived
+
+        connect_ray()
+        build_derived(sweep.derive, log=lambda line: print(line, file=out, flush=True))
     root = trials[0].config["results"]["root"]
     ttl = lease_ttl_s()
     for cfg in {t.config["data"]["root"]: t.config for t in trials}.values():

@@ -15,6 +15,7 @@ A sweep file (sweeps/*.yaml) holds only what differs from an `experiment/` prese
     samples: 1                          # draws of the choice / range axes per grid point
     scheduler: {asha: {grace_period: 1, reduction_factor: 2}}   # optional early stopping
     resources: {workers: 2, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent: 1}
+    derive: [...]                       # optional: datasets the trials read, built first (derive.py)
 
 An axis named after a Hydra group (`model`, `data`, `experiment`) picks that group's option. Choice and range
 axes are drawn by Tune's own variant generator with the sweep's `seed`, so a sweep file always expands to the
@@ -46,7 +47,7 @@ GROUPS = ("experiment", "model", "data", "optim", "trainer", "style", "results")
 METRICS = ("train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5", "eval_precision", "eval_recall",
            "eval_f1", "eval_auroc")
 _TOP_KEYS = {"name", "description", "experiment", "overrides", "axes", "metric", "mode", "samples", "seed",
-             "scheduler", "resources"}
+             "scheduler", "resources", "derive"}
 _RESOURCES = {"workers": int, "cpus_per_worker": float, "gpus_per_worker": float, "max_concurrent": int}
 _ASHA = {"grace_period": int, "reduction_factor": float, "max_t": int}
 
@@ -110,6 +111,7 @@ class Sweep:
     seed: int = 0
     scheduler: Asha | None = None
     resources: Resources = field(default_factory=Resources)
+    derive: list = field(default_factory=list)  # [(kind, options)]: derived datasets to build first (derive.py)
     where: _Where | None = field(default=None, repr=False)  # file:line of each key, for errors
 
 
@@ -270,8 +272,11 @@ def _parse(data: dict, where: _Where, cli_overrides: list[str]) -> Sweep:
         check_name("sweep", name)
     except ValueError as e:
         raise where.error(("name",), f"{e}; set `name:` in the file or sweep.name=...") from None
+    from .derive import parse as parse_derive
+
+    derive = parse_derive(data.get("derive"), where.error)
     return Sweep(
-        name=name, path=where.path, experiment=experiment,
+        name=name, path=where.path, experiment=experiment, derive=derive,
         overrides=[*overrides, *cli_overrides], axes=axes, metric=metric, mode=mode, samples=samples, seed=seed,
         scheduler=_scheduler(data.get("scheduler"), where), resources=_resources(data.get("resources"), where),
         where=where,

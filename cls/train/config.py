@@ -35,6 +35,7 @@ class TransformOverrides:
     scale: tuple[float, float] | None = None
     ratio: tuple[float, float] | None = None
     hflip: bool | None = None
+    augment: bool | None = None  # online augmentation in training; false: the evaluation transforms
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
 
@@ -44,8 +45,11 @@ class DataConfig:
     name: str = "digits"
     root: str = "${oc.env:CLS_DATA_ROOT,data}/${.name}"  # a prepared dataset (cls data prepare)
     backend: str = "dali"  # dali | torch
-    batch_size: int = 64  # per worker
-    eval_batch_size: int | None = None  # default: batch_size
+    # The global batch of one optimizer step, as the papers state it: each of the run's trainer.workers ranks
+    # takes batch_size / workers (it must divide), so the steps per epoch and the lr's meaning do not depend
+    # on the allocation. Every epoch row records it (`global_batch`) and the steps it took (`steps`).
+    batch_size: int = 64
+    eval_batch_size: int | None = None  # global too (default: batch_size); each rank takes its ceil share
     num_workers: int = 2  # loader threads/processes per worker
     train_split: str = "train"
     eval_split: str = "test"
@@ -55,6 +59,13 @@ class DataConfig:
     # id; the prepared manifest records it (source.options.seed) and a dataset split otherwise is refused.
     split_seed: int = 0
     transforms: TransformOverrides = field(default_factory=TransformOverrides)
+    # The per-class subset the prepared dataset must hold (its `per_class` prepare option, for expanded copies
+    # that of the dataset they were expanded from); checked before Ray starts. None: whatever was prepared.
+    per_class: int | None = None
+    # Seed 002's split order of an expanded dataset (cls augment / cls stylize apply --split-order): "paper"
+    # expands, then splits 6:2:2 (§4.3: expanded images reach val and test), "clean" splits, then expands train
+    # only. Checked before Ray starts against how the dataset at `root` was expanded. None: not checked.
+    split_order: str | None = None
 
 
 @dataclass
@@ -95,7 +106,8 @@ class TrainerConfig:
 
 @dataclass
 class StyleConfig:
-    """The style network's training (seed 002 §3): one style image, VGG-19 perceptual loss."""
+    """The style network's training (seed 002 §3): one style image, VGG-19 perceptual loss. The layers are our
+    choice among those §3.1 tries (it names no best set; see cls/models/style.py for how VGG-19 names map)."""
 
     image: str | None = None  # the style image
     content_layers: tuple[str, ...] = ("conv3_3",)

@@ -30,6 +30,7 @@ from cls.models import build_model
 from .checkpoint import Checkpoints, restore, state_digest
 from .engine import LossFn, binary_cross_entropy_loss, cross_entropy_loss, evaluate, train_one_epoch
 from .metrics import ClassificationMetrics
+from .run import worker_batch
 
 
 class Session(Protocol):
@@ -153,9 +154,12 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
         device=device.type, seed=cfg["seed"], num_workers=data["num_workers"],
         transforms=data_transforms(data),
     )
-    train_loader = build_loader(data["root"], data["train_split"], data["batch_size"], train=True, **loader_args)
-    eval_loader = build_loader(data["root"], data["eval_split"], data["eval_batch_size"] or data["batch_size"],
-                               train=False, **loader_args)
+    # data.batch_size is the global batch of one optimizer step; each rank loads its share (run.worker_batch).
+    batch = worker_batch(data["batch_size"], session.world_size)
+    global_batch = batch * session.world_size
+    eval_batch = -(-(data["eval_batch_size"] or data["batch_size"]) // session.world_size)
+    train_loader = build_loader(data["root"], data["train_split"], batch, train=True, **loader_args)
+    eval_loader = build_loader(data["root"], data["eval_split"], eval_batch, train=False, **loader_args)
     classes = list(train_loader.classes)
 
     # What the run resolved at start (the class count and names from the manifest) is part of the config
@@ -218,6 +222,8 @@ def fit(cfg: dict[str, Any], session: Session, run_dir: str | os.PathLike) -> di
             **{f"train_{k}": v for k, v in train.items()},
             **{f"eval_{k}": v for k, v in evaluated.items()},
             "lr": train["lr"],
+            "global_batch": global_batch,  # images per optimizer step, over all ranks
+            "steps": train["steps"],  # optimizer steps this epoch (every rank takes the same number)
             "images_per_s": train["images_per_s"],
             "epoch_seconds": time.perf_counter() - started,
         }

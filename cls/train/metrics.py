@@ -1,5 +1,6 @@
-"""Classification metrics of seed 001 §2.2 (accuracy, precision, recall, F1, confusion matrix, ROC-AUC), from
-torchmetrics. Under torch.distributed, `compute()` gathers every rank's state first, so the numbers are
+"""Classification metrics, from torchmetrics: those seed 001 §2.2 defines (confusion matrix, accuracy,
+precision, recall, ROC curve and AUC) plus macro F1, the harmonic mean of precision and recall, which seed 001
+does not define (its §2.2 has no F1) and we add because seed 003's and many readers' tables use it. Under torch.distributed, `compute()` gathers every rank's state first, so the numbers are
 those of the whole evaluation set, not of one shard.
 """
 

@@ -17,7 +17,9 @@ from typing import Any, Sequence
 
 from cls.data.layout import DatasetNotPrepared, read_manifest
 
-# Keys that change where or how a run is hosted, not what it computes: they do not enter its name.
+# Keys that change where or how a run is hosted, not what it computes: they do not enter its name. `workers`
+# is one because data.batch_size is the global batch: 1 or 8 ranks take the same optimizer steps at the same lr
+# (only BatchNorm's batch statistics are per rank, over batch_size / workers images).
 _HOSTING_KEYS = {"storage", "name", "progress", "max_failures", "workers", "cpus_per_worker", "gpus_per_worker",
                  "threads_per_worker", "keep_checkpoints", "checkpoint_metric", "checkpoint_mode"}
 _DATA_HOSTING_KEYS = {"root", "num_workers"}  # where the data lives, how many threads read it
@@ -74,6 +76,29 @@ def absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def worker_batch(batch_size: int, workers: int, key: str = "data.batch_size") -> int:
+    """Each rank's share of the global batch `batch_size` (one optimizer step) over `workers` ranks. Raises,
+    naming the fix, when it does not divide: a rounded share would change the batch the lr was set for."""
+    if batch_size < 1:
+        raise ValueError(f"{key} must be at least 1, got {batch_size}")
+    if batch_size % workers:
+        below = batch_size - batch_size % workers
+        raise ValueError(
+            f"{key}={batch_size} is the global batch of one optimizer step and must divide over "
+            f"trainer.workers={workers}: set {key} to a multiple of {workers} (e.g. {below or workers} or "
+            f"{below + workers}), or trainer.workers to a divisor of {batch_size}"
+        )
+    return batch_size // workers
+
+
+def check_batch(cfg: dict[str, Any], workers: int | None = None) -> None:
+    """Fail before Ray starts if the run's global batch does not divide over its workers (see worker_batch)."""
+    workers = workers or cfg["trainer"]["workers"]
+    if workers < 1:
+        raise ValueError(f"trainer.workers must be at least 1, got {workers}")
+    worker_batch(cfg["data"]["batch_size"], workers)
+
+
 def run_dir(cfg: dict[str, Any]) -> Path:
     """Where the run keeps its checkpoints and per-epoch files: STORAGE/NAME."""
     trainer = cfg["trainer"]
@@ -94,6 +119,46 @@ def ensure_data(cfg: dict[str, Any]) -> None:
 
         manifest = prepare("digits", None, data["root"], seed=data["split_seed"])
     check_split_seed(data, manifest)
+    if data.get("per_class") is not None:
+        check_per_class(data)
+    if data.get("split_order") is not None:
+        check_split_order(data)
+
+
+def check_split_order(data: dict[str, Any]) -> None:
+    """An expanded dataset must have been expanded in the split order the config names (seed 002 §4.3)."""
+    from cls.data.augment import check_split_order as valid
+
+    valid(data["split_order"])
+    source = read_manifest(data["root"], data["name"]).source
+    if "expanded_from" not in source:
+        return  # not expanded (Table 2's "No" row): both orders read the same 6:2:2 split
+    found = source.get("split_order", "clean")  # expansions made before split orders existed were clean
+    if found != data["split_order"]:
+        raise ValueError(
+            f"{data['root']} was expanded with split order {found!r} but data.split_order={data['split_order']!r}: "
+            f"expand it again with `cls augment` / `cls stylize apply` --split-order {data['split_order']} into "
+            f"another directory, or set data.split_order={found}"
+        )
+
+
+def _prepare_options(source: dict[str, Any]) -> dict[str, Any]:
+    """The `cls data prepare` options of a dataset, or of the one an expanded copy was made from."""
+    while "options" not in source and isinstance(source.get("parent"), dict):
+        source = source["parent"]
+    return source.get("options") or {}
+
+
+def check_per_class(data: dict[str, Any]) -> None:
+    """The prepared dataset must be the per-class subset the config names (seed 002: 5,000 per class)."""
+    manifest = read_manifest(data["root"], data["name"])
+    found = _prepare_options(manifest.source).get("per_class")
+    if found != data["per_class"]:
+        raise ValueError(
+            f"{data['root']} was prepared with per_class={found} but data.per_class={data['per_class']}: prepare "
+            f"it again with `cls data prepare {data['name']} --src DIR --out {data['root']} per_class="
+            f"{data['per_class']} --force` (and expand it again), or set data.per_class=null to use it as it is"
+        )
 
 
 def check_split_seed(data: dict[str, Any], manifest) -> None:
@@ -222,6 +287,7 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
     trainer_cfg = cfg["trainer"]
     if trainer_cfg["progress"] is None:
         trainer_cfg["progress"] = sys.stdout.isatty()
+    check_batch(cfg)
     ensure_data(cfg)
     directory = run_dir(cfg)
     row = TrialRecord(cfg, directory.name, 0.0) if record else None
