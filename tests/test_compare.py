@@ -11,6 +11,9 @@ from scipy import stats
 from cls.cli import SUBCOMMANDS, main
 from cls.results import ResultsWriter, compare, load
 from cls.results.compare import holm, paired_t_power, seeds_needed
+from cls.results.schema import config_types
+
+TYPES = config_types()
 
 SWEEP = "cbam-ablation"
 SEEDS = range(6)
@@ -37,7 +40,8 @@ def store(tmp_path_factory):
                 status = "failed" if (not cbam and tau == 1.0 and seed == 5) else "finished"
                 w.write_trial({"model.name": "dnffm", "model.cbam": cbam, "model.tau": tau, "seed": seed,
                                "axis.model.cbam": cbam, "axis.model.tau": tau, "axis.seed": seed,
-                               "status": status, "final_eval_top1": value, "best_eval_top1": value})
+                               "status": status, "final_eval_top1": value, "best_eval_top1": value},
+                              config_types=TYPES)  # as a sweep's TrialRecord writes it: axes typed as their keys
     return root
 
 
@@ -160,13 +164,13 @@ def test_cls_sweep_ends_with_the_verdict_of_each_axis_and_the_pandas_line(tmp_pa
     sweep_file.write_text(f"experiment: dnffm_digits\naxes:\n  model.cbam: {{grid: [true, false]}}\n"
                           f"  seed: {{grid: {seeds}}}\nmetric: eval_top1\nmode: max\n")
 
-    def fake_run(sweep, trials, out=None):
+    def fake_run(sweep, trials, out=None, **options):
         for t in trials:
             cbam, seed = t.axes["model.cbam"], t.axes["seed"]
             value = 0.95 + 0.002 * seed + (0.02 if cbam else 0.0) + 0.001 * (seed % 2) * cbam
             ResultsWriter(root, sweep.name, t.trial_id).write_trial(
                 {"model.cbam": cbam, "seed": seed, "axis.model.cbam": cbam, "axis.seed": seed,
-                 "status": "finished", "final_eval_top1": value, "best_eval_top1": value})
+                 "status": "finished", "final_eval_top1": value, "best_eval_top1": value}, config_types=TYPES)
         return SweepOutcome(len(trials), 0, {t.trial_id: "finished" for t in trials}, False)
 
     monkeypatch.setattr(driver, "run_sweep", fake_run)
