@@ -14,7 +14,7 @@ from test_sweep_ray import raw_rows, run_sweep, sweep_command
 pytestmark = pytest.mark.slow
 
 TINY = """overrides: [model=shufflenet_v2_x0_5, model.small_input=cifar_stem, trainer.epochs={epochs},
-            data.backend=torch]
+            data.backend=torch, data.batch_size=32]
 axes:
   optim.lr: {{grid: {lrs}}}
   seed: {{grid: {seeds}}}
@@ -71,20 +71,21 @@ def stopped(results, sweep):
 
 
 def test_asha_interrupted_after_its_first_rung_stops_the_trials_an_uninterrupted_run_stops(tmp_path):
-    # One rung, after epoch 1 (grace 1, rf 3, 3 epochs: the next rung, 3, is max_t). A trial continues when
-    # it is not below the 2/3 quantile of the others' epoch-1 eval_top1: 0.05 learns, 1e-7 and 1e-8 do not.
-    asha = "scheduler:\n  asha: {grace_period: 1, reduction_factor: 3}"
-    lrs = "[0.05, 1.0e-7, 1.0e-8]"
-    whole = write_sweep(tmp_path / "whole.yaml", "whole", epochs=3, lrs=lrs, seeds="[0]", scheduler=asha)
+    # One rung, after epoch 2 (grace 2, rf 3, 4 epochs: the next rung, 6, is past max_t). A trial continues
+    # when it is not below the 2/3 quantile of the others' epoch-2 eval_top1: lr 0.01 learns (0.26 at epoch 2
+    # on 2 cores, measured), 1e-7 and 1e-8 stay at chance (0.10).
+    asha = "scheduler:\n  asha: {grace_period: 2, reduction_factor: 3}"
+    lrs = "[0.01, 1.0e-7, 1.0e-8]"
+    whole = write_sweep(tmp_path / "whole.yaml", "whole", epochs=4, lrs=lrs, seeds="[0]", scheduler=asha)
     result = run_sweep(tmp_path, whole)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     uninterrupted = stopped(tmp_path / "results", "whole")
-    assert uninterrupted == {0.05: "finished", 1e-7: "stopped", 1e-8: "stopped"}, uninterrupted
+    assert uninterrupted == {0.01: "finished", 1e-7: "stopped", 1e-8: "stopped"}, uninterrupted
 
     # The same sweep, stopped (Ctrl-C) once the third trial has started, then run again. The resumed run
     # decides the third trial's rung against the first two trials' rows in the store; Ray's ASHA, whose
     # rungs live in memory and are not restored, would have let it run to the end.
-    cut = write_sweep(tmp_path / "cut.yaml", "cut", epochs=3, lrs=lrs, seeds="[0]", scheduler=asha)
+    cut = write_sweep(tmp_path / "cut.yaml", "cut", epochs=4, lrs=lrs, seeds="[0]", scheduler=asha)
     command, env = sweep_command(tmp_path, cut)
     driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
@@ -104,4 +105,4 @@ def test_asha_interrupted_after_its_first_rung_stops_the_trials_an_uninterrupted
     assert "2 finished earlier, 1 to run" in resumed.stdout
     assert stopped(results, "cut") == uninterrupted
     rows = load(results, "trials", sweep="cut").set_index("optim.lr")
-    assert rows.loc[[1e-7, 1e-8], "stopped_at_rung"].tolist() == [1, 1]
+    assert rows.loc[[1e-7, 1e-8], "stopped_at_rung"].tolist() == [2, 2]

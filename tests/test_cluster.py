@@ -136,7 +136,7 @@ def test_outside_slurm_the_bootstrap_says_how_to_run(monkeypatch):
     (["sweeps/quickstart.yaml", "--gpus-per-node", "-1"], "--gpus-per-node must be 0 or more"),
     (["sweeps/nope.yaml"], "no sweep file sweeps/nope.yaml"),
     # Checked before submission, so it fails now rather than after waiting in the queue.
-    (["sweeps/quickstart.yaml", "sweep.axes.model.tau.grid=[]"], "quickstart.yaml"),
+    (["sweeps/quickstart.yaml", "sweep.axes.seed.grid=[]"], "quickstart.yaml"),
     (["sweeps/quickstart.yaml", "model.tau=abc"], "model.tau"),
 ])
 def test_cls_submit_rejects_bad_input(args, message, tmp_path):

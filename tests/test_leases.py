@@ -1,5 +1,6 @@
 """Trial leases on real files: exclusive under concurrent takers, expiry on the storage's clock, takeover."""
 
+import io
 import multiprocessing as mp
 import os
 import subprocess
@@ -123,14 +124,13 @@ def test_cls_status_names_who_holds_each_trial(tmp_path):
 
 
 def _job(root, ids, queue):
-    import io
-
     from ray.tune.search import Searcher
 
     from cls.results import ResultsWriter
     from cls.sweep.driver import _ClaimingSearcher
 
     searcher = _ClaimingSearcher(str(root), "sw", ids, ttl=30.0, rerun_failed=False, out=io.StringIO(), poll_s=0.05)
+    assert searcher.console.progress is None
     ran = []
     while (got := searcher.suggest("x")) != Searcher.FINISHED:
         if got is not None:
@@ -154,3 +154,27 @@ def test_jobs_sharing_a_sweep_through_the_searcher_run_each_trial_once(tmp_path)
     for p in procs:
         p.join(30)
     assert sorted(ran) == ids
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_sweep_console_prints_plain_lines_and_a_progress_bar_only_on_a_terminal():
+    from cls.sweep.driver import SweepConsole
+
+    plain = io.StringIO()
+    console = SweepConsole(plain, total=2)
+    console.print("[1/2] t1 started: seed=0")
+    console.advance()
+    console.close()
+    assert plain.getvalue() == "[1/2] t1 started: seed=0\n"  # a log file gets the lines and nothing else
+
+    tty = _Terminal()
+    console = SweepConsole(tty, total=2)
+    console.print("[1/2] t1 started: seed=0")
+    console.advance()
+    console.close()
+    shown = tty.getvalue()
+    assert "[1/2] t1 started: seed=0" in shown and "1/2" in shown.split("seed=0", 1)[1]  # the bar's count

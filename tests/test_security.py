@@ -27,7 +27,7 @@ from polling import wait_for
 REPO = Path(__file__).resolve().parents[1]
 OTHER_USER = "cls-sec-other"
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}  # the second: a dual-stack socket bound to IPv4 loopback
-ONE_TRIAL = ["sweep.axes.model.cbam.grid=[false]", "sweep.axes.model.tau.grid=[0.5]", "sweep.axes.seed.grid=[0]"]
+ONE_TRIAL = ["sweep.axes.model.cbam.grid=[false]", "sweep.axes.seed.grid=[0]"]
 
 
 def cls_env(tmp_path: Path, **extra: str) -> dict[str, str]:

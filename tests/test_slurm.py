@@ -27,8 +27,9 @@ from tests.polling import wait_for
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-# The quickstart cut to one seed: 4 trials of 2 epochs on 2 nodes x 2 CPUs.
-QUICKSTART = ["sweeps/quickstart.yaml", "sweep.axes.seed={grid:[0]}"]
+# The quickstart cut to two seeds and 2 epochs, one trial at a time of 2 workers: 4 trials on 2 nodes x 2 CPUs.
+QUICKSTART = ["sweeps/quickstart.yaml", "sweep.axes.seed={grid:[0,1]}", "trainer.epochs=2",
+              "sweep.resources.workers=2", "sweep.resources.max_concurrent=1"]
 TRIALS, EPOCHS = 4, 2
 
 

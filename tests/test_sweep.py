@@ -17,7 +17,7 @@ from cls.train.sessions import LocalSession
 from prepared_fixtures import write_dataset_for
 
 SWEEPS = sorted(glob.glob("sweeps/*.yaml"))
-EXPECTED_TRIALS = {"quickstart": 8, "dnffm_ablation": 720, "maea_ablation": 54, "style_aug": 36, "baselines": 36}
+EXPECTED_TRIALS = {"quickstart": 10, "dnffm_ablation": 720, "maea_ablation": 54, "style_aug": 36, "baselines": 36}
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -32,13 +32,12 @@ def test_every_issue_sweep_ships():
 
 def test_quickstart_expands_to_its_grid_with_stable_ids():
     trials = expand(load_sweep("sweeps/quickstart.yaml"))
-    assert len(trials) == 8 == len({t.trial_id for t in trials})
-    assert {(t.axes["model.cbam"], t.axes["model.tau"], t.axes["seed"]) for t in trials} == {
-        (c, tau, s) for c in (True, False) for tau in (0.5, 1.0) for s in (0, 1)}
+    assert len(trials) == 10 == len({t.trial_id for t in trials})
+    assert {(t.axes["model.cbam"], t.axes["seed"]) for t in trials} == {(c, s) for c in (True, False) for s in range(5)}
     for t in trials:
-        assert (t.config["model"]["cbam"], t.config["model"]["tau"], t.config["seed"]) == (
-            t.axes["model.cbam"], t.axes["model.tau"], t.axes["seed"])
-        assert t.config["trainer"]["epochs"] == 2 and t.config["model"]["backbone1"] == "shufflenet_v2_x0_5"
+        assert (t.config["model"]["cbam"], t.config["seed"]) == (t.axes["model.cbam"], t.axes["seed"])
+        assert t.config["trainer"]["epochs"] == 3 and t.config["model"]["backbone1"] == "shufflenet_v2_x0_5"
+        assert t.config["trainer"]["workers"] == 1 and t.config["data"]["batch_size"] == 32
     # The same file gives the same trials, ids included: what resuming a sweep relies on.
     assert [t.trial_id for t in expand(load_sweep("sweeps/quickstart.yaml"))] == [t.trial_id for t in trials]
 
@@ -46,12 +45,12 @@ def test_quickstart_expands_to_its_grid_with_stable_ids():
 def test_overrides_change_the_file_or_every_trial():
     base = expand(load_sweep("sweeps/quickstart.yaml"))
     fewer = expand(load_sweep("sweeps/quickstart.yaml", ["sweep.axes.seed.grid=[0]", "sweep.resources.max_concurrent=2"]))
-    assert len(fewer) == 4 and {t.trial_id for t in fewer} < {t.trial_id for t in base}
+    assert len(fewer) == 2 and {t.trial_id for t in fewer} < {t.trial_id for t in base}
     shorter = expand(load_sweep("sweeps/quickstart.yaml", ["trainer.epochs=1"]))
     assert all(t.config["trainer"]["epochs"] == 1 for t in shorter)
     assert not {t.trial_id for t in shorter} & {t.trial_id for t in base}  # another computation, other ids
     # Where a trial runs is not what it computes: more workers, same trials.
-    moved = expand(load_sweep("sweeps/quickstart.yaml", ["trainer.workers=1", "trainer.storage=/elsewhere"]))
+    moved = expand(load_sweep("sweeps/quickstart.yaml", ["trainer.workers=2", "trainer.storage=/elsewhere"]))
     assert [t.trial_id for t in moved] == [t.trial_id for t in base]
 
 

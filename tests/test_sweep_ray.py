@@ -48,43 +48,47 @@ def epochs_of(root: Path, sweep: str, trial_id: str) -> list[int]:
 
 
 def test_the_quickstart_sweep_end_to_end_from_a_fresh_directory(tmp_path):
-    """The README's main command: 8 trials x 2 epochs on digits, prepared on the spot, one row per trial
-    and per trial and epoch, the aggregated table and the pandas line printed."""
+    """The README's main command: CBAM on/off x 5 seeds x 3 epochs on digits, prepared on the spot; one row
+    per trial and per trial and epoch, every trial well above 90% eval top-1, the aggregated table, the
+    paired verdict for the CBAM axis and the pandas line, and no Ray noise on the console."""
     result = run_sweep(tmp_path, REPO / "sweeps" / "quickstart.yaml")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = tmp_path / "results"
     trials, epochs = raw_rows(results, "trials"), raw_rows(results, "epochs")
     expected = {t.trial_id for t in expand(load_sweep(REPO / "sweeps" / "quickstart.yaml"))}
-    assert len(trials) == 8 and set(trials["trial_id"]) == expected
-    assert (trials["status"] == "finished").all() and (trials["epochs_done"] == 2).all()
-    assert len(epochs) == 16 and not epochs.duplicated(["trial_id", "epoch"]).any()
-    assert set(epochs["trial_id"]) == expected and sorted(set(epochs["epoch"])) == [0, 1]
+    assert len(trials) == 10 and set(trials["trial_id"]) == expected
+    assert (trials["status"] == "finished").all() and (trials["epochs_done"] == 3).all()
+    assert len(epochs) == 30 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert set(epochs["trial_id"]) == expected and sorted(set(epochs["epoch"])) == [0, 1, 2]
     # The trials row carries the config, the axes, the summary and where it ran.
     row = trials.iloc[0]
-    assert row["model.name"] == "dnffm" and row["experiment"] == "dnffm_digits" and row["axis.seed"] in (0, 1)
-    assert row["final_eval_top1"] == epochs[(epochs["trial_id"] == row["trial_id"]) & (epochs["epoch"] == 1)][
+    assert row["model.name"] == "dnffm" and row["experiment"] == "dnffm_digits" and row["axis.seed"] in range(5)
+    assert row["final_eval_top1"] == epochs[(epochs["trial_id"] == row["trial_id"]) & (epochs["epoch"] == 2)][
         "eval_top1"].item()
     assert row["wall_s"] > 0 and row["gpu_hours"] == 0 and row["host"] and row["torch_version"]
-    # Two epochs of digits already separate from chance (10 classes).
-    assert trials["final_eval_top1"].mean() > 0.3, trials["final_eval_top1"].tolist()
+    # A result that means something: every trial learns digits.
+    assert (trials["final_eval_top1"] > 0.9).all(), trials[["trial_id", "final_eval_top1"]].to_string()
     out = result.stdout
     assert "axis.model.cbam" in out and "final eval_top1" in out and "started_at" not in out
-    # one line per configuration (CBAM x tau), each the mean over its 2 seeds
-    assert len(re.findall(r"^ +(True|False) +(0\.5|1\.0) .* 2$", out, re.M)) == 4, out[-2000:]
+    # one line per configuration (CBAM on, off), each the mean over its 5 seeds
+    assert len(re.findall(r"^ +(True|False) .* 5$", out, re.M)) == 2, out[-2000:]
+    # Then the answer: CBAM against its baseline, paired on the seed (cls compare), then the pandas line.
+    assert "compare final_eval_top1 by model.cbam, baseline model.cbam=False; pairs share seed" in out, out[-2000:]
+    verdict = re.search(r"^  model\.cbam=True vs False: .*final_eval_top1.*5 pairs\)", out, re.M)
+    assert verdict, out[-2000:]
     assert "pandas.read_parquet(" in out and str(results / "trials") in out
-    # Before it, the answer: each axis against its baseline, paired on the other axis and the seed (cls compare).
-    assert "compare final_eval_top1 by model.cbam, baseline model.cbam=False; pairs share model.tau, seed" in out
-    assert re.search(r"^  model\.cbam=True vs False: .*final_eval_top1", out, re.M), out[-2000:]
-    assert re.search(r"^  model\.tau=1 vs 0\.5: .*final_eval_top1", out, re.M), out[-2000:]
     assert out.index("compare final_eval_top1") < out.index("Read it with pandas")
+    # The console: one line per trial event, none of Ray's own output.
+    assert "Traceback" not in out + result.stderr and "(TrainController" not in out + result.stderr
+    assert len(re.findall(r"^\[\d+/10\] \S+ started: ", out, re.M)) == 10
 
 
 def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_path):
     """Ctrl-C during trial 1, then SIGKILL of the driver (and its local cluster) during trial 2, then the
     same command to the end: every trial once, every epoch once, trial 1 and 2 resumed from checkpoints."""
     sweep = REPO / "sweeps" / "quickstart.yaml"
-    overrides = ["sweep.axes.model.cbam.grid=[false]", "sweep.axes.model.tau.grid=[0.5]",
-                 "sweep.axes.seed.grid=[0,1,2]", "sweep.name=resume"]
+    overrides = ["sweep.axes.model.cbam.grid=[false]", "sweep.axes.seed.grid=[0,1,2]", "sweep.name=resume",
+                 "trainer.epochs=2", "sweep.resources.max_concurrent=1"]
     first, second, third = (t.trial_id for t in expand(load_sweep(sweep, overrides)))
     results = tmp_path / "results"
     command, env = sweep_command(tmp_path, sweep, *overrides)

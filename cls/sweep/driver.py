@@ -150,7 +150,9 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: b
     configs = {t.trial_id: t.config for t in todo}
     scheduler = _asha(sweep, root, max(t.config["trainer"]["epochs"] for t in todo))
     searcher = _ClaimingSearcher(root, sweep.name, [t.trial_id for t in todo], ttl, rerun_failed, out)
-    recorder = _StoreCallback({t.trial_id: t for t in todo}, gpus, scheduler, out, len(todo), searcher)
+    console = SweepConsole(out, len(todo))
+    searcher.console = console
+    recorder = _StoreCallback({t.trial_id: t for t in todo}, gpus, scheduler, console, len(todo), searcher)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_tune_trainable, configs=configs, per_epoch=scheduler is not None),
                             TRIAL_DRIVER_RESOURCES),
@@ -177,6 +179,7 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: b
                 recorder.close_open("interrupted")  # cut short: never left "running"; resumes next time
     finally:
         searcher.release_all()  # after its row is closed: an interrupted trial's lease goes now, not after its ttl
+        console.close()
     after = store_status(root, sweep.name)
     statuses = {t.trial_id: after.get(t.trial_id, "running") for t in trials}
     interrupted = any(s not in TERMINAL for s in statuses.values())
@@ -196,6 +199,37 @@ def _compact_once(root: str, sweep: str, ttl: float) -> None:
             lease.release()
 
 
+class SweepConsole:
+    """Where a sweep's lines go: one line per trial event, and on a terminal a progress bar (rich) under them
+    that counts the trials this run has ended. Ray's own output is kept off the terminal (connect_ray)."""
+
+    def __init__(self, out, total: int) -> None:
+        self.out, self.progress = out, None
+        if total and getattr(out, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     console=Console(file=out, force_terminal=True))
+            self.task = self.progress.add_task("trials", total=total)
+            self.progress.start()
+
+    def print(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=self.out, flush=True)
+
+    def advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
 class _ClaimingSearcher(Searcher):
     """Hands Tune the sweep's trials one at a time, each only once this job holds its lease in the store.
 
@@ -206,7 +240,8 @@ class _ClaimingSearcher(Searcher):
     def __init__(self, root: str, sweep: str, trial_ids: list[str], ttl: float, rerun_failed: bool, out,
                  poll_s: float = 2.0) -> None:
         super().__init__()
-        self.root, self.sweep, self.ttl, self.out, self.poll_s = root, sweep, ttl, out, poll_s
+        self.root, self.sweep, self.ttl, self.poll_s = root, sweep, ttl, poll_s
+        self.console = SweepConsole(out, 0)
         self.pending = list(trial_ids)  # not yet handed to Tune, in the sweep's order
         self.done_states = DONE if rerun_failed else (*DONE, "failed")
         self.leases: dict[str, leases.Lease] = {}
@@ -242,12 +277,12 @@ class _ClaimingSearcher(Searcher):
                 self.leases[candidate] = got
                 self.beats[candidate] = leases.Heartbeat(got)
                 if candidate in self.waited:
-                    print(f"    {candidate}: taken over from {self.waited.pop(candidate)}, whose lease expired",
-                          file=self.out, flush=True)
+                    self.console.print(f"    {candidate}: taken over from {self.waited.pop(candidate)}, whose lease "
+                                       "expired")
                 return {"trial_id": candidate}
             if candidate not in self.waited:
                 self.waited[candidate] = got.job
-                print(f"    {candidate} is held by {got.describe()}: waiting for it", file=self.out, flush=True)
+                self.console.print(f"    {candidate} is held by {got.describe()}: waiting for it")
         if not self.pending:
             return Searcher.FINISHED
         self._next_look = time.monotonic() + self.poll_s
@@ -358,7 +393,7 @@ class _StoreCallback(tune.Callback):
         self.started = 0
 
     def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        self.out.print(text)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         trial_id = trial.config["trial_id"]
@@ -399,6 +434,7 @@ class _StoreCallback(tune.Callback):
         self.records.pop(trial_id)
         record.end(status)
         self.searcher.release(trial_id)
+        self.out.advance()
         self._print(f"    {trial_id} {status} after {done} epochs")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -411,6 +447,7 @@ class _StoreCallback(tune.Callback):
         self.records.pop(trial_id)
         record.end("failed", error)
         self.searcher.release(trial_id)
+        self.out.advance()
         self._print(f"    {trial_id} FAILED: {error.strip().splitlines()[-1]}")
 
 
