@@ -276,9 +276,10 @@ class _ClaimingSearcher(Searcher):
                 self.pending.remove(candidate)
                 self.leases[candidate] = got
                 self.beats[candidate] = leases.Heartbeat(got)
-                if candidate in self.waited:
-                    self.console.print(f"    {candidate}: taken over from {self.waited.pop(candidate)}, whose lease "
-                                       "expired")
+                self.waited.pop(candidate, None)
+                if got.took_over is not None:
+                    self.console.print(f"    {candidate}: taken over from {got.took_over.describe()} (its lease "
+                                       "expired or its process is gone); it resumes from its checkpoint")
                 return {"trial_id": candidate}
             if candidate not in self.waited:
                 self.waited[candidate] = got.job
