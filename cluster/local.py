@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import getpass
+import logging
 import os
 import secrets
 import shutil
@@ -174,7 +175,9 @@ def start(env_vars: dict[str, str], num_cpus: float | None = None, insecure_no_a
     try:
         context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK,
                            _temp_dir=str(directory / "ray"), runtime_env={"env_vars": env_vars},
-                           log_to_driver=log_to_driver)
+                           log_to_driver=log_to_driver,
+                           # quiet (a sweep): Ray's INFO lines ("Started a local Ray instance") stay off too
+                           logging_level=logging.INFO if log_to_driver else logging.WARNING)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise

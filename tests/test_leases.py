@@ -50,7 +50,7 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(tmp_path):
     old = leases.acquire(tmp_path, "sw", "t1", ttl_s=5, job="dead")
     _age(old.path, 60)  # the holder stopped renewing a minute ago
     new = leases.acquire(tmp_path, "sw", "t1", ttl_s=5, job="alive")
-    assert isinstance(new, leases.Lease)
+    assert isinstance(new, leases.Lease) and new.took_over.job == "dead"
     assert leases.holders(tmp_path, "sw")["t1"].job == "alive"
     assert old.renew() is False and old.lost
     old.release()  # does not remove the new holder's lease

@@ -127,6 +127,8 @@ def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 finished earlier, 2 to run" in result.stdout
     assert f"{first} started" not in result.stdout
+    # The killed job's lease on trial 2 is taken over at once (its process is gone), not waited out.
+    assert f"{second}: taken over from" in result.stdout, result.stdout[-3000:]
     trials, epochs = raw_rows(results, "trials"), raw_rows(results, "epochs")
     assert sorted(trials["trial_id"]) == sorted([first, second, third]) and (trials["status"] == "finished").all()
     assert len(epochs) == 6 and not epochs.duplicated(["trial_id", "epoch"]).any()

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from .read import load
+from .schema import WRITE_SEQ
 from .store import WRITTEN_AT
 
 EXTRA = "export"
@@ -107,10 +108,10 @@ def _trials(root: str | os.PathLike, sweep: str) -> Iterator[tuple[str, dict[str
     if trials.empty:
         raise ValueError(f"no trials of sweep {sweep!r} in the results store {str(root)!r}")
     epochs = load(root, "epochs", sweep=sweep)
-    metric_columns = [c for c in epochs.columns if c not in ("sweep", "trial_id", "epoch", WRITTEN_AT)]
+    metric_columns = [c for c in epochs.columns if c not in ("sweep", "trial_id", "epoch", WRITTEN_AT, WRITE_SEQ)]
     for row in trials.sort_values("trial_id").to_dict("records"):
         trial = row["trial_id"]
-        config = {k: _plain(v) for k, v in row.items() if k not in ("sweep", "trial_id", WRITTEN_AT)
+        config = {k: _plain(v) for k, v in row.items() if k not in ("sweep", "trial_id", WRITTEN_AT, WRITE_SEQ)
                   and not k.startswith(("final_", "best_")) and not _missing_value(v)}
         summary = {k: float(v) for k, v in row.items() if k.startswith(("final_", "best_")) and not _missing_value(v)}
         own = epochs[epochs["trial_id"] == trial].sort_values("epoch") if "epoch" in epochs else epochs.iloc[0:0]

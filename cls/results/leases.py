@@ -95,9 +95,10 @@ class Holder:
 class Lease:
     """A lease this process holds. `renew()` keeps it; `release()` gives it up."""
 
-    def __init__(self, path: Path, row: dict) -> None:
+    def __init__(self, path: Path, row: dict, took_over: Holder | None = None) -> None:
         self.path, self.row = path, row
         self.lost = False
+        self.took_over = took_over  # the expired lease this one replaced, if any
 
     @property
     def token(self) -> str:
@@ -131,14 +132,16 @@ def acquire(root: str | os.PathLike, sweep: str, trial_id: str, ttl_s: float = D
     now = pd.Timestamp.now(tz="UTC")
     row = {"trial_id": trial_id, "job": job or job_name(), "host": socket.gethostname(), "pid": os.getpid(),
            "token": secrets.token_hex(16), "acquired_at": now, "renewed_at": now, "ttl_s": float(ttl_s)}
+    expired = None
     for _ in range(8):  # each pass either takes the lease, finds a live holder, or clears an expired one
         if _link_exclusive(path, row):
-            return Lease(path, row)
+            return Lease(path, row, took_over=expired)
         holder = holder_of(path)
         if holder is None:
             continue  # released between our link and our read: try again
         if not holder.expired:
             return holder
+        expired = holder
         _remove_expired(path, holder.token)
     raise RuntimeError(f"could not take or read the lease {path} after 8 tries: is another process "
                        "rewriting it continuously?")

@@ -21,6 +21,7 @@ from a scheduler's memory: a resumed sweep, or another job of it, prunes as one 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -140,6 +141,7 @@ def run_sweep(sweep: Sweep, trials: list[Trial], out=sys.stdout, rerun_failed: b
                             False)
 
     connect_ray(insecure_no_auth=insecure_no_auth, log_to_driver=False)  # see connect_ray
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # "Wrote the latest version of all result files ..."
     cluster = ray.cluster_resources()
     # Every trial, before any starts: an axis may change a trial's workers or GPUs.
     gpus = {t.trial_id: worker_resources(t.config["trainer"], cluster).get("GPU", 0.0) for t in todo}
@@ -276,9 +278,10 @@ class _ClaimingSearcher(Searcher):
                 self.pending.remove(candidate)
                 self.leases[candidate] = got
                 self.beats[candidate] = leases.Heartbeat(got)
-                if candidate in self.waited:
-                    self.console.print(f"    {candidate}: taken over from {self.waited.pop(candidate)}, whose lease "
-                                       "expired")
+                self.waited.pop(candidate, None)
+                if got.took_over is not None:
+                    self.console.print(f"    {candidate}: taken over from {got.took_over.describe()} (its lease "
+                                       "expired or its process is gone); it resumes from its checkpoint")
                 return {"trial_id": candidate}
             if candidate not in self.waited:
                 self.waited[candidate] = got.job
@@ -290,6 +293,12 @@ class _ClaimingSearcher(Searcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass  # the lease is released by _StoreCallback, after it wrote the trial's row
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # nothing to save: the store is the sweep's state (leases and rows), not Tune's experiment state
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
 
     def release(self, trial_id: str) -> None:
         beat, lease = self.beats.pop(trial_id, None), self.leases.pop(trial_id, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False, l
     address = os.environ.get("RAY_ADDRESS")
     env_vars = {k: os.environ[k] for k in RAY_ENV}
     try:
-        _init_ray(ray, address, env_vars, num_cpus)
+        _init_ray(ray, address, env_vars, num_cpus, insecure_no_auth, log_to_driver)
     except Exception as e:  # noqa: BLE001 - whatever ray.init raises, the user sees one line
         last = next((line for line in reversed(str(e).strip().splitlines()) if line.strip()), type(e).__name__)
         from cls.preflight import PreflightError
@@ -197,12 +198,13 @@ def connect_ray(num_cpus: float | None = None, insecure_no_auth: bool = False, l
                              f"Ray's start can time out), or join a running cluster with RAY_ADDRESS=HOST:PORT") from None
 
 
-def _init_ray(ray, address: str | None, env_vars: dict[str, str], num_cpus: float | None) -> None:
+def _init_ray(ray, address: str | None, env_vars: dict[str, str], num_cpus: float | None, insecure_no_auth: bool,
+              log_to_driver: bool) -> None:
     if address:
         # Ray's state API (Train's placement-group cleaner uses it inside the cluster) finds its cluster by
         # RAY_ADDRESS, else by guessing, which fails when two clusters share a machine.
         ray.init(address=address, runtime_env={"env_vars": {**env_vars, "RAY_ADDRESS": address}},
-                 log_to_driver=log_to_driver)
+                 log_to_driver=log_to_driver, logging_level=logging.INFO if log_to_driver else logging.WARNING)
     else:
         from cluster import local
 
@@ -334,4 +336,7 @@ def train(cfg: dict[str, Any], callbacks: Sequence[Any] = (), record: bool = Tru
         raise
     if row:
         row.end("finished")
-    return TrainResult(directory, dict(result.metrics or {}))
+    # The last epoch's metrics from the run directory, which rank 0 writes every epoch: Train v2's
+    # `result.metrics` holds only reports that came with a checkpoint, and checkpoints are no longer Ray's.
+    epochs = read_epochs(directory)
+    return TrainResult(directory, epochs[-1] if epochs else dict(result.metrics or {}))
