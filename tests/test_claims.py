@@ -1,5 +1,5 @@
 """Several jobs, one sweep, on real local Ray clusters: trials claimed through the store's leases, a sweep
-grown by a seed, and ASHA whose decisions survive an interruption."""
+grown by a seed."""
 
 import os
 import signal
@@ -8,7 +8,6 @@ import subprocess
 import pytest
 
 from cls.results import load
-from polling import wait_for
 from test_sweep_ray import raw_rows, run_sweep, sweep_command
 
 pytestmark = pytest.mark.slow
@@ -63,46 +62,3 @@ def test_three_jobs_started_together_run_every_trial_once_and_a_new_seed_runs_al
     after = load(results, "trials", sweep="claims").set_index("trial_id")
     assert len(after) == 4 and (after["attempts"] == 1).all()
     assert after.loc[before.index, "written_at"].tolist() == before.tolist()
-
-
-def stopped(results, sweep):
-    rows = load(results, "trials", sweep=sweep)
-    return dict(zip(rows["optim.lr"], rows["status"]))
-
-
-def test_asha_interrupted_after_its_first_rung_stops_the_trials_an_uninterrupted_run_stops(tmp_path):
-    # One rung, after epoch 2 (grace 2, rf 3, 4 epochs: the next rung, 6, is past max_t). A trial continues
-    # when it is not below the 2/3 quantile of the others' epoch-2 eval_top1: lr 0.01 learns (0.26 at epoch 2
-    # on 2 cores, measured), 1e-7 and 1e-8 stay at chance (0.10).
-    asha = "scheduler:\n  asha: {grace_period: 2, reduction_factor: 3}"
-    lrs = "[0.01, 1.0e-7, 1.0e-8]"
-    whole = write_sweep(tmp_path / "whole.yaml", "whole", epochs=4, lrs=lrs, seeds="[0]", scheduler=asha)
-    result = run_sweep(tmp_path, whole)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    uninterrupted = stopped(tmp_path / "results", "whole")
-    assert uninterrupted == {0.01: "finished", 1e-7: "stopped", 1e-8: "stopped"}, uninterrupted
-
-    # The same sweep, stopped (Ctrl-C) once the third trial has started, then run again. The resumed run
-    # decides the third trial's rung against the first two trials' rows in the store; Ray's ASHA, whose
-    # rungs live in memory and are not restored, would have let it run to the end.
-    cut = write_sweep(tmp_path / "cut.yaml", "cut", epochs=4, lrs=lrs, seeds="[0]", scheduler=asha)
-    command, env = sweep_command(tmp_path, cut)
-    driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    results = tmp_path / "results"
-    try:
-        def third_started():
-            return (results / "trials" / "sweep=cut").exists() and len(load(results, "trials", sweep="cut")) >= 3
-        wait_for(third_started, 900, "the third trial of the cut sweep")
-        driver.send_signal(signal.SIGINT)
-        out, _ = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, out[-3000:]
-    resumed = run_sweep(tmp_path, cut)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "2 finished earlier, 1 to run" in resumed.stdout
-    assert stopped(results, "cut") == uninterrupted
-    rows = load(results, "trials", sweep="cut").set_index("optim.lr")
-    assert rows.loc[[1e-7, 1e-8], "stopped_at_rung"].tolist() == [2, 2]

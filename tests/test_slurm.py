@@ -228,22 +228,6 @@ def test_a_cancelled_job_submitted_again_completes_the_sweep(job_env, tmp_path):
     assert kept["attempts"] == 1 and kept["started_at"] == first["started_at"].iloc[0]
 
 
-def test_a_job_array_shares_the_sweep_and_runs_every_trial_once(job_env, tmp_path):
-    """`sbatch --array=0-2`: three one-node jobs, each with its own Ray cluster, share the 4 trials through
-    the store's leases; every trial runs once, and the jobs end when the sweep is done."""
-    array = subprocess.run(
-        ["sbatch", "--wait", "--array=0-2", "--nodes=1", "--gpus-per-node=1", "--cpus-per-task=2", "--time=30",
-         f"--output={tmp_path}/array-%A_%a.out", "slurm/sweep_dnffm.sh", *QUICKSTART],
-        cwd=REPO, env=job_env, capture_output=True, text=True, timeout=1200)
-    logs = [p.read_text() for p in sorted(tmp_path.glob("array-*.out"))]
-    assert array.returncode == 0, (array.stderr, [log[-2000:] for log in logs])
-    assert len(logs) == 3
-    trials, _ = assert_store_complete(Path(os.environ["CLS_RESULTS"]))
-    assert (trials["attempts"] == 1).all()
-    assert sum(len(re.findall(r"\] \S+ started: ", log)) for log in logs) == TRIALS  # each trial started once
-    assert not list((Path(os.environ["CLS_RESULTS"]) / "leases").rglob("trial-*.parquet"))
-
-
 def test_a_cluster_that_cannot_start_fails_clearly_and_leaves_nothing(job_env, tmp_path):
     # Every node's temp dir is unwritable, so the head's step dies before Ray starts.
     env = {**job_env, "CLS_RAY_TMP": "/proc/cls-cannot-write", "CLS_RAY_JOIN_TIMEOUT": "60"}
