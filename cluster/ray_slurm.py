@@ -189,8 +189,8 @@ def node_memory(cpus: int, shm: str = "/dev/shm") -> tuple[int, int] | None:
 TMP_TAG_ENV = "CLS_RAY_TMP_TAG"  # the random part of the job's temp dir names, passed to its node steps
 
 
-class UnsafeTempDir(RuntimeError):
-    """A node's temp dir exists and another user could have made it or can write to it."""
+class TempDirRefused(RuntimeError):
+    """A node's temp dir cannot be made, or exists and another user could have made it or can write to it."""
 
 
 def temp_dir(job_id: int, node_index: int, tag: str) -> Path:
@@ -208,14 +208,17 @@ def new_tmp_tag() -> str:
 def private_temp_dir(path: Path) -> Path:
     """PATH as a fresh directory of mode 0700, or, when it exists, one this user owns that nobody else can
     write to (then made 0700). Anything else (another user's directory, a group- or world-writable one, a
-    symlink, a file) raises UnsafeTempDir: Ray would put its sockets and logs where another user controls
-    them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    symlink, a file) raises TempDirRefused: Ray would put its sockets and logs where another user controls
+    them. So does a PATH that cannot be made (its parent unwritable or missing), with the fix."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(path, 0o700)
         return path
     except FileExistsError:
         pass
+    except OSError as e:
+        raise TempDirRefused(f"cannot make the Ray temp dir {path}: {e.strerror}. Set CLS_RAY_TMP to a directory "
+                            f"you can write on every node (its parent; /tmp by default)") from None
     info = os.lstat(path)
     problem = None
     if not stat.S_ISDIR(info.st_mode):
@@ -225,10 +228,59 @@ def private_temp_dir(path: Path) -> Path:
     elif info.st_mode & 0o022:
         problem = f"is writable by others (mode {info.st_mode & 0o777:o})"
     if problem:
-        raise UnsafeTempDir(f"the Ray temp dir {path} already exists and {problem}: someone may be trying to "
+        raise TempDirRefused(f"the Ray temp dir {path} already exists and {problem}: someone may be trying to "
                             f"reach this job's Ray sockets. Remove it, or set CLS_RAY_TMP to a directory of yours")
     os.chmod(path, 0o700)
     return path
+
+
+def _holders(path: Path) -> list[int]:
+    """This user's processes (other than this one) with PATH, or a file under it, open or as their cwd."""
+    inside = (str(path), str(path) + "/")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if proc.stat().st_uid != os.getuid():
+                continue
+            links = [os.readlink(proc / "cwd"), *(os.readlink(fd) for fd in (proc / "fd").iterdir())]
+        except OSError:  # gone, or not ours to read
+            continue
+        if any(link == inside[0] or link.startswith(inside[1]) for link in links):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _made_by_us(path: Path) -> bool:
+    """PATH is a directory (not a link) of this user's with mode 0700, as private_temp_dir makes them."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o777 == 0o700
+
+
+def remove_temp_dir(path: Path, grace: float = 3.0) -> bool:
+    """Remove a node's Ray temp dir once no process of ours uses it. `ray start --block` returns while
+    Ray's daemons, signalled with it, are still exiting and writing their last logs there; removing the
+    directory under them leaves it half removed and re-made (seen on the dev SLURM). Those still holding
+    files after GRACE seconds are killed: they are this node's Ray processes, in a directory only we use.
+    GRACE is short because scancel's SIGKILL follows its SIGTERM after KillWait (5 s here, 30 s by
+    default), and a step killed before this ends leaves the directory behind."""
+    deadline = time.monotonic() + grace
+    while (holders := _holders(path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in holders:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for _ in range(25):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return True
+        time.sleep(0.2)
+    log(f"warning: could not remove the Ray temp dir {path}; remove it by hand")
+    return False
 
 
 def ray_start_args(ports: Ports, ip: str, cpus: int, gpus: int, tmp: Path, head_address: str | None,
@@ -266,7 +318,7 @@ def node_main(args: argparse.Namespace) -> int:
     tmp = temp_dir(alloc.job_id, index, os.environ[TMP_TAG_ENV])
     try:
         private_temp_dir(tmp)
-    except UnsafeTempDir as e:
+    except TempDirRefused as e:
         log(f"error: {e}")
         return 2
     child = subprocess.Popen(ray_start_args(ports, ip, cpus, gpus, tmp, args.address, memory), stdout=sys.stdout,
@@ -286,7 +338,7 @@ def node_main(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temp_dir(tmp)
 
 
 class Job:
@@ -300,12 +352,16 @@ class Job:
         self.driver: subprocess.Popen | None = None
         self.stop_signal: int | None = None  # the first SIGUSR1/SIGTERM/SIGINT received
         self.made_head_tmp = False
+        self.requeued = False  # scontrol requeue accepted: SLURM's SIGTERM that follows ends the job
         self.t0 = time.monotonic()
         runs = Path(os.environ.get("CLS_RUNS", "runs")).absolute()
         self.log_dir = runs / "slurm" / str(self.alloc.job_id)
         self.job_dir = Path(os.environ.get("CLS_JOBS_DIR", Path.home() / ".cls" / "jobs")) / str(self.alloc.job_id)
 
     def _on_signal(self, signum: int, _frame) -> None:
+        if self.requeued and signum == signal.SIGTERM:
+            log("requeued: SLURM ends this run of the job; the next one continues the sweep")
+            os._exit(0)  # everything is saved and stopped; no result for submitit to record
         if self.stop_signal is not None:
             return  # one stop per job: a second Ctrl-C to Tune would skip its final save
         self.stop_signal = signum
@@ -337,13 +393,18 @@ class Job:
             self._stop_cluster()
             shutil.rmtree(self.job_dir, ignore_errors=True)
             if self.made_head_tmp:  # never a directory that was not ours
-                shutil.rmtree(self.temp_dirs[0], ignore_errors=True)
+                # The head's, and any other node's of this job that is on this host (nodes that share a
+                # machine). scancel makes srun SIGKILL the node steps at once, before they clean up.
+                for path in self.temp_dirs:
+                    if path == self.temp_dirs[0] or _made_by_us(path):
+                        remove_temp_dir(path)
             log(f"cluster stopped in {time.monotonic() - t_end:.1f} s")
         if self.stop_signal == signal.SIGUSR1 and status == 130:
             log(f"requeueing job {alloc.job_id}: the requeued job runs the same command and continues")
             if subprocess.run(["scontrol", "requeue", str(alloc.job_id)], check=False).returncode == 0:
                 # SLURM now ends this step; returning first would let submitit record a result for a job that
-                # is about to run again.
+                # is about to run again. Its SIGTERM ends us at once (_on_signal), not SIGKILL after KillWait.
+                self.requeued = True
                 deadline = time.monotonic() + 300
                 while time.monotonic() < deadline:
                     time.sleep(1)
@@ -373,7 +434,7 @@ class Job:
         starts. The head's step then finds it ours and 0700; every other node checks its own."""
         try:
             private_temp_dir(self.temp_dirs[0])
-        except UnsafeTempDir as e:
+        except TempDirRefused as e:
             log(f"error: {e}")
             return 2
         self.made_head_tmp = True
@@ -416,8 +477,8 @@ class Job:
     def _refused(self, *steps: subprocess.Popen) -> int:
         """2 when a node step refused its temp dir (node_main's exit 2, which srun passes on), else 0."""
         if any(step.poll() == 2 for step in steps):
-            log(f"error: a node refused its Ray temp dir (another user's, or writable by others); see "
-                f"{self.log_dir}/ray-*.log")
+            log(f"error: a node refused its Ray temp dir (another user's, writable by others, or not makeable); "
+                f"see {self.log_dir}/ray-*.log")
             return 2
         return 0
 

@@ -4,6 +4,7 @@ bad input; and `cls submit` with submitit's local executor (the path taken where
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from polling import wait_for
 
 from cluster import ray_slurm
 from cluster.ray_slurm import BLOCK, PORT_HIGH, PORT_LOW, Allocation, Ports, node_resources, ports_for, ray_start_args
@@ -86,10 +88,40 @@ def test_a_temp_dir_another_user_could_control_is_refused(kind, tmp_path):
                 pytest.skip("giving a directory to another user needs root")
             os.chown(path, 65534, 65534)  # nobody
     before = path.lstat()
-    with pytest.raises(ray_slurm.UnsafeTempDir, match=str(path)):
+    with pytest.raises(ray_slurm.TempDirRefused, match=str(path)):
         ray_slurm.private_temp_dir(path)
     after = path.lstat()
     assert (after.st_mode, after.st_uid) == (before.st_mode, before.st_uid)  # left as it was
+
+
+def test_a_temp_dir_that_cannot_be_made_is_refused_with_the_fix(tmp_path):
+    # /proc takes no new directory, even from root: the error names the path and CLS_RAY_TMP, not an errno.
+    with pytest.raises(ray_slurm.TempDirRefused, match=r"cannot make the Ray temp dir /proc/cls-x/cls-7-0-abc.*CLS_RAY_TMP"):
+        ray_slurm.private_temp_dir(Path("/proc/cls-x/cls-7-0-abc"))
+
+
+# A stand-in for a Ray daemon on its way out: it holds its log open, then writes one more file and exits.
+LAST_WORDS = ("import os, sys, time; log = open(sys.argv[1] + '/log', 'w'); time.sleep(float(sys.argv[2])); "
+              "os.makedirs(sys.argv[1] + '/logs/events', exist_ok=True); open(sys.argv[1] + '/logs/events/x', 'w')")
+
+
+def test_a_temp_dir_is_removed_only_after_the_processes_writing_into_it(tmp_path):
+    path = tmp_path / "cls-7-0-abc"
+    path.mkdir(mode=0o700)
+    daemon = subprocess.Popen([sys.executable, "-c", LAST_WORDS, str(path), "1.5"])
+    wait_for(lambda: (path / "log").exists(), timeout=30, what="the daemon's log")
+    assert ray_slurm.remove_temp_dir(path)
+    assert daemon.wait(timeout=10) == 0  # it finished its last write, and the directory is gone after it
+    assert not path.exists()
+
+
+def test_a_process_that_never_lets_go_of_the_temp_dir_is_killed(tmp_path):
+    path = tmp_path / "cls-7-0-abc"
+    path.mkdir(mode=0o700)
+    daemon = subprocess.Popen([sys.executable, "-c", LAST_WORDS, str(path), "600"])
+    wait_for(lambda: (path / "log").exists(), timeout=30, what="the daemon's log")
+    assert ray_slurm.remove_temp_dir(path, grace=0.5)
+    assert daemon.wait(timeout=10) == -signal.SIGKILL and not path.exists()
 
 
 def test_resources_are_slurms_and_absent_gpus_are_not_given_to_ray(monkeypatch, capsys):
@@ -157,8 +189,8 @@ def test_cls_status_without_a_running_job(tmp_path):
 @pytest.mark.slow
 def test_cls_submit_without_slurm_runs_locally(tmp_path):
     sweep = tmp_path / "one.yaml"
-    sweep.write_text("experiment: dnffm_digits\noverrides: [trainer.epochs=1]\naxes:\n  seed: {grid: [0]}\n"
-                     "metric: eval_top1\nmode: max\n"
+    sweep.write_text("experiment: dnffm_digits\noverrides: [trainer.epochs=1, trainer.max_steps=3]\n"
+                     "axes:\n  seed: {grid: [0]}\nmetric: eval_top1\nmode: max\n"
                      "resources: {workers: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent: 1}\n")
     result = subprocess.run([sys.executable, "-m", "cls", "submit", str(sweep), "--local",
                              "--folder", str(tmp_path / "submitit")], cwd=REPO, capture_output=True, text=True,

@@ -85,7 +85,8 @@ JobRequeue=1
 ReturnToService=2
 SlurmdTimeout=30
 InactiveLimit=0
-KillWait=5
+# SLURM's default: a cancelled job's batch step has 30 s after SIGTERM to save and clean up before SIGKILL.
+KillWait=30
 # Above 4, 'sbatch --wait' notices a finished job only after 10, 42, 74... s.
 MinJobAge=4
 $nodelines
