@@ -27,10 +27,18 @@ from tests.polling import wait_for
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-# The quickstart cut to two seeds and 2 epochs, one trial at a time of 2 workers: 4 trials on 2 nodes x 2 CPUs.
-QUICKSTART = ["sweeps/quickstart.yaml", "sweep.axes.seed={grid:[0,1]}", "trainer.epochs=2",
-              "sweep.resources.workers=2", "sweep.resources.max_concurrent=1"]
-TRIALS, EPOCHS = 4, 2
+
+
+def quickstart(seeds: str = "[0]") -> list[str]:
+    """The quickstart cut to SEEDS (CBAM on/off each) and 3 short epochs (8 steps), one trial at a time of
+    2 workers: on 2 nodes x 2 CPUs, each trial is DDP across both nodes. Short, because what is under test
+    here is the job around the trials."""
+    return ["sweeps/quickstart.yaml", f"sweep.axes.seed={{grid:{seeds}}}", "trainer.epochs=3", "trainer.max_steps=8",
+            "sweep.resources.workers=2", "sweep.resources.max_concurrent=1"]
+
+
+QUICKSTART = quickstart()
+TRIALS, EPOCHS = 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +74,15 @@ def job_log(tmp_path) -> str:
 
 def slurm_out(env, *args: str) -> str:
     return subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def final_state(env, job_id: str) -> str:
+    """The job's last State|ExitCode in accounting, once it has one: squeue forgets a job before slurmdbd has
+    recorded how it ended (seen: RUNNING|0:0 a moment after squeue showed nothing)."""
+    def ended():
+        rows = slurm_out(env, "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode").splitlines()
+        return rows and rows[-1].split("|")[0] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING") and rows[-1]
+    return wait_for(ended, timeout=60, what=f"job {job_id}'s end in sacct")
 
 
 def cluster_info(env) -> dict:
@@ -166,7 +183,7 @@ def test_usr1_mid_sweep_requeues_and_the_sweep_completes(job_env, tmp_path):
     job_id = out.strip().split(";")[0]
     results = Path(os.environ["CLS_RESULTS"])
 
-    wait_for(lambda: re.search(r"\[2/4\] \S+ started", job_log(tmp_path)), timeout=300, what="the second trial")
+    wait_for(lambda: re.search(r"\[2/2\] \S+ started", job_log(tmp_path)), timeout=300, what="the second trial")
     before = pd.read_parquet(results / "trials")
     first = before[before["status"] == "finished"]
     assert len(first) == 1
@@ -179,12 +196,12 @@ def test_usr1_mid_sweep_requeues_and_the_sweep_completes(job_env, tmp_path):
     slurm_out(job_env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
     wait_for(lambda: slurm_out(job_env, "squeue", "-h", "-j", job_id, "-o", "%T") == "", timeout=600,
              what="the requeued job to end")
-    state = slurm_out(job_env, "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode").splitlines()
-    assert state[-1] == "COMPLETED|0:0", (state, job_log(tmp_path)[-3000:])
+    state = final_state(job_env, job_id)
+    assert state == "COMPLETED|0:0", (state, job_log(tmp_path)[-3000:])
 
     log = job_log(tmp_path)
     assert "received SIGUSR1" in log and "requeueing job" in log
-    assert "requeued 1 time(s)" in log and "1 finished earlier, 3 to run" in log
+    assert "requeued 1 time(s)" in log and "1 finished earlier, 1 to run" in log
     trials, _ = assert_store_complete(results)
     # The trial that finished before the signal was not run again.
     again = trials.set_index("trial_id").loc[first["trial_id"].iloc[0]]
@@ -192,18 +209,31 @@ def test_usr1_mid_sweep_requeues_and_the_sweep_completes(job_env, tmp_path):
     assert_nothing_left(job_id, job_env)
 
 
-def test_cls_submit_runs_the_quickstart_through_submitit(job_env, tmp_path):
+ARRAY = quickstart("[0,1]")  # 4 trials
+
+
+def test_a_job_array_of_three_shares_the_sweep_and_runs_every_trial_once(job_env, tmp_path):
+    """`cls submit --array 3` (submitit's one `sbatch --array`), one node a task: two tasks run at once, each
+    on a Ray cluster of its own, and the third takes what is left, if anything. Every trial runs once, in one
+    task (attempts 1), every row is written once, every task exits 0, and no lease is left behind."""
     submit = subprocess.run(
-        [sys.executable, "-m", "cls", "submit", *QUICKSTART[:1], "--nodes", "2", "--cpus-per-node", "2",
-         "--time", "30", "--folder", str(tmp_path / "submitit"), *QUICKSTART[1:]],
-        cwd=REPO, env=job_env, capture_output=True, text=True, timeout=900)
+        [sys.executable, "-m", "cls", "submit", *ARRAY[:1], "--array", "3", "--nodes", "1",
+         "--cpus-per-node", "2", "--time", "30", "--folder", str(tmp_path / "submitit"), *ARRAY[1:]],
+        cwd=REPO, env=job_env, capture_output=True, text=True, timeout=1200)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-3000:]
-    job_id = re.search(r"submitted job (\d+)", submit.stdout).group(1)
-    assert f"job {job_id} finished: the sweep exited with 0" in submit.stdout
-    log = (tmp_path / "submitit" / f"{job_id}_0_log.out").read_text()
-    assert "2 nodes joined" in log
-    assert_store_complete(Path(os.environ["CLS_RESULTS"]))
-    assert_nothing_left(job_id, job_env)
+    submitted = re.findall(r"submitted job (\d+_\d+); its log: (\S+)", submit.stdout)
+    assert len(submitted) == 3 and len({job.split("_")[0] for job, _ in submitted}) == 1, submit.stdout  # one array
+    for job, _ in submitted:
+        assert f"job {job} finished: the sweep exited with 0" in submit.stdout, submit.stdout
+    logs = [Path(path).read_text() for _, path in submitted]
+    assert all("1 nodes joined" in log for log in logs), logs  # each task its own cluster
+    started = [m for log in logs for m in re.findall(r"\] (\S+) started:", log)]
+    assert sorted(started) == sorted(set(started)) and len(started) == 4, started
+    trials, _ = assert_store_complete(Path(os.environ["CLS_RESULTS"]), finished_trials=4)
+    assert (trials["attempts"] == 1).all(), trials[["trial_id", "attempts"]]
+    assert not list((Path(os.environ["CLS_RESULTS"]) / "leases").rglob("trial-*.parquet"))
+    for log in logs:  # the batch step's own job id (the array task's), as the bootstrap logs it
+        assert_nothing_left(re.search(r"job (\d+) on 1 node", log).group(1), job_env)
 
 
 def test_a_cancelled_job_submitted_again_completes_the_sweep(job_env, tmp_path):
@@ -212,7 +242,7 @@ def test_a_cancelled_job_submitted_again_completes_the_sweep(job_env, tmp_path):
     results = Path(os.environ["CLS_RESULTS"])
     job = sbatch(job_env, tmp_path, *QUICKSTART)
     job_id = job.communicate(timeout=30)[0].strip().split(";")[0]
-    wait_for(lambda: re.search(r"\[2/4\] \S+ started", job_log(tmp_path)), timeout=300, what="the second trial")
+    wait_for(lambda: re.search(r"\[2/2\] \S+ started", job_log(tmp_path)), timeout=300, what="the second trial")
     first = pd.read_parquet(results / "trials").query("status == 'finished'")
     slurm_out(job_env, "scancel", job_id)
     wait_for(lambda: slurm_out(job_env, "squeue", "-h", "-j", job_id, "-o", "%T") == "", timeout=120,
@@ -222,19 +252,21 @@ def test_a_cancelled_job_submitted_again_completes_the_sweep(job_env, tmp_path):
     (tmp_path / "again").mkdir()
     again = sbatch(job_env, tmp_path / "again", *QUICKSTART, wait=True)
     assert again.wait(timeout=600) == 0, job_log(tmp_path / "again")[-3000:]
-    assert "1 finished earlier, 3 to run" in job_log(tmp_path / "again")
+    assert "1 finished earlier, 1 to run" in job_log(tmp_path / "again")
     trials, _ = assert_store_complete(results)
     kept = trials.set_index("trial_id").loc[first["trial_id"].iloc[0]]
     assert kept["attempts"] == 1 and kept["started_at"] == first["started_at"].iloc[0]
 
 
 def test_a_cluster_that_cannot_start_fails_clearly_and_leaves_nothing(job_env, tmp_path):
-    # Every node's temp dir is unwritable, so the head's step dies before Ray starts.
+    # Every node's temp dir is unmakeable, so the batch step stops at the head's, before any Ray process,
+    # with one line that names the directory and the fix.
     env = {**job_env, "CLS_RAY_TMP": "/proc/cls-cannot-write", "CLS_RAY_JOIN_TIMEOUT": "60"}
     job = sbatch(env, tmp_path, *QUICKSTART, wait=True)
-    assert job.wait(timeout=300) == 1
+    assert job.wait(timeout=300) == 2
     log = job_log(tmp_path)
-    assert "error: the Ray head did not start" in log and "ray-head.log" in log and "running:" not in log
+    assert "error: cannot make the Ray temp dir /proc/cls-cannot-write/cls-" in log and "CLS_RAY_TMP" in log, log
+    assert "Traceback" not in log and "running:" not in log and "ray-head.log" not in log
     job_id = re.search(r"job (\d+) on 2 node", log).group(1)
     assert_nothing_left(job_id, job_env)
 
@@ -257,9 +289,9 @@ def test_another_users_temp_dir_stops_the_job_before_ray_starts(job_env, tmp_pat
         slurm_out(env, "scontrol", "release", job_id)
         wait_for(lambda: slurm_out(env, "squeue", "-h", "-j", job_id, "-o", "%T") == "", timeout=300,
                  what="the job to end")
-        state = slurm_out(env, "sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode").splitlines()
+        state = final_state(env, job_id)
         log = job_log(tmp_path)
-        assert state[-1] == "FAILED|2:0", (state, log[-3000:])
+        assert state == "FAILED|2:0", (state, log[-3000:])
         assert f"error: the Ray temp dir {hostile} already exists and is owned by uid 65534" in log, log[-3000:]
         assert "Ray cluster up" not in log and "running:" not in log
         assert not (Path(os.environ.get("CLS_RUNS", "runs")) / "slurm" / job_id / "ray-head.log").exists()
