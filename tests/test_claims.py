@@ -13,7 +13,7 @@ from test_sweep_ray import raw_rows, run_sweep, sweep_command
 pytestmark = pytest.mark.slow
 
 TINY = """overrides: [model=shufflenet_v2_x0_5, model.small_input=cifar_stem, trainer.epochs={epochs},
-            data.backend=torch, data.batch_size=32]
+            data.backend=torch, data.batch_size=32, trainer.max_steps=5]
 axes:
   optim.lr: {{grid: {lrs}}}
   seed: {{grid: {seeds}}}
@@ -62,3 +62,4 @@ def test_three_jobs_started_together_run_every_trial_once_and_a_new_seed_runs_al
     after = load(results, "trials", sweep="claims").set_index("trial_id")
     assert len(after) == 4 and (after["attempts"] == 1).all()
     assert after.loc[before.index, "written_at"].tolist() == before.tolist()
+

@@ -257,3 +257,40 @@ def test_a_bad_derive_entry_names_its_line(tmp_path):
                            "  - augment: {out: x, src: y, policy: noise, copies: two}\n")
     with pytest.raises(SweepError, match=r"sweep.yaml:5: augment.copies must be a int"):
         load_sweep(path)
+
+
+def test_asha_judges_a_resumed_trial_at_every_rung_it_passed_unjudged(tmp_path):
+    """_StoreAsha's rungs come from the store's epochs rows. A trial that resumes after its rung's epoch
+    (interrupted between that epoch's checkpoint and the decision) first reports an epoch past the rung: it
+    is judged at that rung from its own row, as the uninterrupted sweep would have judged it."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from cls.results import ResultsWriter
+    from cls.sweep.driver import _StoreAsha
+
+    sweep = load_sweep(write(tmp_path, "name: asha\nexperiment: dnffm_digits\naxes:\n  seed: {grid: [0]}\n"
+                                       "scheduler:\n  asha: {grace_period: 1, reduction_factor: 2}\n"))
+    root = tmp_path / "results"
+    history = {"learns": [0.10, 0.25, 0.60], "resumed": [0.103, 0.103], "missing": [0.103]}
+    for trial_id, values in history.items():
+        ResultsWriter(root, "asha", trial_id).write_epochs(
+            [{"epoch": e, "eval_top1": v, "train_loss": 1.0} for e, v in enumerate(values)])
+    asha = _StoreAsha(str(root), sweep, epochs=3)
+    assert asha.milestones == [1, 2]
+
+    def report(trial_id, epochs_done, value):
+        return asha.on_trial_result(None, SimpleNamespace(config={"trial_id": trial_id}),
+                                    {"epochs_done": epochs_done, "eval_top1": value})
+
+    # Back after epoch 3 with rungs 1 and 2 passed unjudged: rung 1 (0.103 vs 0.10, 0.103) lets it on,
+    # rung 2 (0.103 below the median of 0.25 and nothing else) stops it.
+    assert report("resumed", 3, 0.10) == TrialScheduler.STOP and asha.stopped["resumed"] == 2
+    # Judged once per rung: a second report at a rung already judged is not judged again.
+    assert report("learns", 1, 0.25) == TrialScheduler.CONTINUE and asha.decided["learns"] == {1}
+    assert report("learns", 1, 0.0) == TrialScheduler.CONTINUE
+    # A passed rung whose row is not in the store is not judged from a guess (its rung 1 row lets it on).
+    assert report("missing", 3, 0.9) == TrialScheduler.CONTINUE and asha.decided["missing"] == {1, 2}
+    # The rung reached is judged from the result: 0.0 below the median of 0.10, 0.103, 0.103.
+    assert report("fresh", 1, 0.0) == TrialScheduler.STOP and asha.stopped["fresh"] == 1

@@ -88,7 +88,7 @@ def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_
     same command to the end: every trial once, every epoch once, trial 1 and 2 resumed from checkpoints."""
     sweep = REPO / "sweeps" / "quickstart.yaml"
     overrides = ["sweep.axes.model.cbam.grid=[false]", "sweep.axes.seed.grid=[0,1,2]", "sweep.name=resume",
-                 "trainer.epochs=2", "sweep.resources.max_concurrent=1"]
+                 "trainer.epochs=2", "trainer.max_steps=25", "sweep.resources.max_concurrent=1"]
     first, second, third = (t.trial_id for t in expand(load_sweep(sweep, overrides)))
     results = tmp_path / "results"
     command, env = sweep_command(tmp_path, sweep, *overrides)
@@ -142,33 +142,76 @@ def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_
     assert read_resumes(tmp_path / "runs" / third) == []
 
 
-def test_asha_stops_a_weak_trial_and_a_failing_trial_is_recorded(tmp_path):
-    sweep = tmp_path / "asha.yaml"
-    sweep.write_text("""# three learning rates on digits: one learns, one barely moves, one diverges
+ASHA = """# three learning rates on digits: one learns, one barely moves, one diverges
+name: {name}
 overrides: [model=shufflenet_v2_x0_5, model.small_input=cifar_stem, trainer.epochs=3, trainer.nan_check_every=1,
             data.backend=torch]
 axes:
-  optim.lr: {grid: [0.05, 1.0e-7, 1.0e+30]}
+  optim.lr: {{grid: [0.05, 1.0e-7, 1.0e+30]}}
 metric: eval_top1
 mode: max
 scheduler:
-  asha: {grace_period: 1, reduction_factor: 2}
-resources: {workers: 2, cpus_per_worker: 1, max_concurrent: 1}
-""")
+  asha: {{grace_period: 1, reduction_factor: 2}}
+resources: {{workers: 1, cpus_per_worker: 2, max_concurrent: 1}}
+"""
+
+
+def decisions(results: Path, sweep: str) -> dict:
+    """Each trial's status, and the rung that stopped it, by learning rate."""
+    rows = load(results, "trials", sweep=sweep).set_index("optim.lr")
+    rungs = rows["stopped_at_rung"] if "stopped_at_rung" in rows else pd.Series(index=rows.index, dtype=float)
+    return {lr: (rows.loc[lr, "status"], None if pd.isna(rungs[lr]) else int(rungs[lr])) for lr in rows.index}
+
+
+def test_asha_stops_a_weak_trial_and_a_failing_trial_is_recorded_and_an_interruption_changes_neither(tmp_path):
+    sweep = tmp_path / "asha.yaml"
+    sweep.write_text(ASHA.format(name="asha"))
     result = run_sweep(tmp_path, sweep)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 trials failed" in result.stderr
-    trials = load(tmp_path / "results", "trials", sweep="asha").set_index("optim.lr")
+    results = tmp_path / "results"
+    trials = load(results, "trials", sweep="asha").set_index("optim.lr")
     assert trials.loc[0.05, "status"] == "finished" and trials.loc[0.05, "epochs_done"] == 3
     assert trials.loc[1e-7, "status"] == "stopped" and trials.loc[1e-7, "epochs_done"] < 3
     assert trials.loc[1e-7, "stopped_at_rung"] == trials.loc[1e-7, "epochs_done"]
     assert trials.loc[1e30, "status"] == "failed" and "loss is" in trials.loc[1e30, "error"]
     assert "--rerun-failed" in result.stderr
+    uninterrupted = decisions(results, "asha")
     # Run again: nothing to do (a failed trial is retried only when asked), and it still says it failed.
     again = run_sweep(tmp_path, sweep)
     assert again.returncode == 1 and "1 failed earlier (--rerun-failed retries them), 0 to run" in again.stdout
     # --rerun-failed retries it (it fails again); the finished and the stopped trials stay done.
     again = run_sweep(tmp_path, sweep, "--rerun-failed")
     assert again.returncode == 1 and "2 finished earlier, 1 to run" in again.stdout
-    trials = load(tmp_path / "results", "trials", sweep="asha").set_index("optim.lr")
+    trials = load(results, "trials", sweep="asha").set_index("optim.lr")
     assert trials["attempts"].to_dict() == {0.05: 1, 1e-7: 1, 1e30: 2}
+
+    # The same sweep, stopped (Ctrl-C) as its second trial starts, then run again: the resumed run decides
+    # that trial's rungs against the first trial's rows in the store, and stops it where the uninterrupted
+    # run did. Ray's ASHA, whose rungs live in memory and are not restored (ray#30838), would let it run to
+    # the end as the first trial at its rungs.
+    # Its own runs directory (and store): a trial's run is named by its config, so in the first one the cut
+    # sweep's trials would resume the first sweep's runs.
+    elsewhere = tmp_path / "cut"
+    elsewhere.mkdir()
+    cut = elsewhere / "cut.yaml"
+    cut.write_text(ASHA.format(name="cut"))
+    results = elsewhere / "results"
+    command, env = sweep_command(elsewhere, cut)
+    driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        def second_started():
+            return (results / "trials" / "sweep=cut").exists() and len(load(results, "trials", sweep="cut")) >= 2
+        wait_for(second_started, 900, "the second trial of the cut sweep")
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    assert decisions(results, "cut")[1e-7] == ("interrupted", None), out[-3000:]
+    resumed = run_sweep(elsewhere, cut)
+    assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "1 finished earlier, 2 to run" in resumed.stdout, resumed.stdout[-3000:]
+    assert decisions(results, "cut") == uninterrupted, (uninterrupted, resumed.stdout[-3000:])

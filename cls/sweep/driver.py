@@ -373,18 +373,34 @@ class _StoreAsha(FIFOScheduler):
         self.by, self.order, self.rf = sweep.metric, sweep.mode, sweep.scheduler.reduction_factor
         self.milestones = rungs(sweep.scheduler, epochs)
         self.stopped: dict[str, int] = {}  # trial id -> the rung (epochs) that stopped it
+        self.decided: dict[str, set[int]] = {}  # trial id -> the rungs it was judged at in this run
 
     def on_trial_result(self, tune_controller, trial, result):
         trial_id, reached = trial.config["trial_id"], result.get(_EPOCHS_DONE)
-        if reached not in self.milestones or self.by not in result:
+        if reached is None or self.by not in result:
+            return TrialScheduler.CONTINUE
+        # Every rung the trial has passed and was not judged at in this run. A trial resumed after its rung's
+        # epoch (interrupted between its checkpoint and the decision) first reports an epoch past the rung;
+        # deciding only at `reached == rung` would let it through, unlike the uninterrupted sweep.
+        decided = self.decided.setdefault(trial_id, set())
+        due = [m for m in self.milestones if m <= reached and m not in decided]
+        if not due:
             return TrialScheduler.CONTINUE
         epochs = load(self.root, "epochs", sweep=self.sweep)
-        at_rung = epochs[(epochs["epoch"] == reached - 1) & (epochs["trial_id"] != trial_id)] if len(epochs) else epochs
-        others = [float(v) for v in at_rung[self.by]] if self.by in at_rung else []
-        if asha_decision(float(result[self.by]), others, self.rf, self.order):
-            return TrialScheduler.CONTINUE
-        self.stopped[trial_id] = int(reached)
-        return TrialScheduler.STOP
+        for rung in due:
+            decided.add(rung)
+            at_rung = epochs[epochs["epoch"] == rung - 1] if len(epochs) else epochs
+            if self.by not in at_rung:
+                continue
+            own = at_rung.loc[at_rung["trial_id"] == trial_id, self.by]
+            value = float(result[self.by]) if rung == reached else (float(own.iloc[-1]) if len(own) else None)
+            if value is None:  # its row at that rung is not in the store: nothing to judge
+                continue
+            others = [float(v) for v in at_rung.loc[at_rung["trial_id"] != trial_id, self.by]]
+            if not asha_decision(value, others, self.rf, self.order):
+                self.stopped[trial_id] = rung
+                return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
 
 
 def _asha(sweep: Sweep, root: str, epochs: int) -> _StoreAsha | None:
