@@ -135,7 +135,7 @@ def test_a_local_run_writes_files_with_the_modes_of_the_umask(mask, tmp_path):
     `cls report`: nothing narrower or wider than the umask gives."""
     env = cls_env(tmp_path)
     train = subprocess.run([sys.executable, "-m", "cls", "train", "--local", "experiment=dnffm_digits",
-                            "trainer.epochs=1", "results.sweep=umask"],
+                            "trainer.epochs=1", "trainer.max_steps=3", "results.sweep=umask"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
                            preexec_fn=with_umask(mask))
     assert train.returncode == 0, train.stderr[-3000:]
@@ -220,7 +220,7 @@ def test_a_local_sweep_is_reachable_by_its_user_only(tmp_path, other_user):
     out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
     env = cls_env(tmp_path)
     command = [sys.executable, "-m", "cls", "sweep", str(REPO / "sweeps" / "quickstart.yaml"), *ONE_TRIAL,
-               "trainer.epochs=8"]
+               "trainer.epochs=60", "trainer.max_steps=4"]  # short epochs, and many: it runs until SIGTERM
     with open(out_path, "w") as out, open(err_path, "w") as err:
         driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=err,
                                   preexec_fn=with_umask(0o002))
