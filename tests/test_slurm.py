@@ -209,7 +209,7 @@ def test_usr1_mid_sweep_requeues_and_the_sweep_completes(job_env, tmp_path):
     assert_nothing_left(job_id, job_env)
 
 
-ARRAY = quickstart("[0,1]")  # 4 trials
+ARRAY = quickstart("[0,1]")  # 4 trials: more than the two tasks running at once
 
 
 def test_a_job_array_of_three_shares_the_sweep_and_runs_every_trial_once(job_env, tmp_path):
