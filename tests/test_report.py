@@ -329,3 +329,19 @@ def test_watch_rewrites_the_report_as_epochs_land(tmp_path):
     # One rewrite per change at most (the store changed 1 + 3 + 1 times, each epoch write being one change
     # more): never a rewrite of an unchanged store.
     assert 5 <= len(seen) <= 1 + (1 + 1) + (2 + 1) + (3 + 1) + (3 + 1)
+
+
+def test_both_split_orders_stand_apart_beside_the_papers_table_2(tmp_path):
+    """sweeps/style_aug.yaml runs each policy in seed 002's split order (expand, then split: §4.3) and in the
+    clean one (split, then expand train only); the report gives each order its own line under the paper's
+    row, never one pooled number."""
+    for i, (order, top1) in enumerate([("paper", 0.91), ("paper", 0.93), ("clean", 0.80)]):
+        config = resolved(("experiment=vgg16_catsdogs_style", f"data.split_order={order}"))
+        assert config["data.root"].endswith(f"/{order}/cats_vs_dogs-style")  # its own expanded copy
+        ResultsWriter(tmp_path, "style-aug", f"t{i}").write_trial(
+            {**config, "axis.data.split_order": order, "axis.seed": i, "status": "finished", "best_eval_top1": top1})
+    t2 = section(write_report(tmp_path, "style-aug", tmp_path / "out").read_text(), paper_table("seed002_table2").title)
+    style = "Wave style + abstract style"
+    assert "| 90.84 | 92.00 ± 1.41 (n=2) | +1.16 |" in line_of(t2, f"{style} (data.split_order=paper)")
+    assert "| 90.84 | 80.00 (n=1) | -10.84 |" in line_of(t2, f"{style} (data.split_order=clean)")
+    assert f"| {style} | 90.84 |" not in t2  # no line that pools the two
