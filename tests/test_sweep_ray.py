@@ -47,6 +47,22 @@ def epochs_of(root: Path, sweep: str, trial_id: str) -> list[int]:
     return sorted(rows.loc[rows["trial_id"] == trial_id, "epoch"]) if len(rows) else []
 
 
+def ctrl_c_when(command: list[str], env: dict, cwd: Path, ready, what: str, settle: float = 0.0) -> tuple[int, str]:
+    """Start the sweep COMMAND, send it Ctrl-C (SIGINT) SETTLE seconds after READY() first holds, and return
+    its exit status and output (SIGKILL to its process group if it has not ended by then)."""
+    driver = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    try:
+        wait_for(ready, 900, what)
+        time.sleep(settle)
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    return driver.returncode, out
+
+
 def test_the_quickstart_sweep_end_to_end_from_a_fresh_directory(tmp_path):
     """The README's main command: CBAM on/off x 5 seeds x 3 epochs on digits, prepared on the spot; one row
     per trial and per trial and epoch, every trial well above 90% eval top-1, the aggregated table, the
@@ -94,17 +110,9 @@ def test_an_interrupted_sweep_continues_without_rerunning_or_losing_a_trial(tmp_
     command, env = sweep_command(tmp_path, sweep, *overrides)
 
     # 1. Ctrl-C once trial 1 has its first epoch: the sweep stops, saying how to continue.
-    driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    try:
-        wait_for(lambda: epochs_of(results, "resume", first) == [0], 600, "trial 1's first epoch")
-        time.sleep(1.0)  # its checkpoint is written right after its row
-        driver.send_signal(signal.SIGINT)
-        out, _ = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, out[-3000:]
+    status, out = ctrl_c_when(command, env, tmp_path, lambda: epochs_of(results, "resume", first) == [0],
+                              "trial 1's first epoch", settle=1.0)  # its checkpoint is written right after its row
+    assert status == 130, out[-3000:]
     assert "interrupted" in out and "run the same command to continue" in out
     # Its row is closed, not left "running": interrupted, to be resumed.
     assert load(results, "trials", sweep="resume").set_index("trial_id").loc[first, "status"] == "interrupted"
@@ -198,18 +206,11 @@ def test_asha_stops_a_weak_trial_and_a_failing_trial_is_recorded_and_an_interrup
     cut.write_text(ASHA.format(name="cut"))
     results = elsewhere / "results"
     command, env = sweep_command(elsewhere, cut)
-    driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
-    try:
-        def second_started():
-            return (results / "trials" / "sweep=cut").exists() and len(load(results, "trials", sweep="cut")) >= 2
-        wait_for(second_started, 900, "the second trial of the cut sweep")
-        driver.send_signal(signal.SIGINT)
-        out, _ = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, out[-3000:]
+    def second_started():
+        return (results / "trials" / "sweep=cut").exists() and len(load(results, "trials", sweep="cut")) >= 2
+
+    status, out = ctrl_c_when(command, env, tmp_path, second_started, "the second trial of the cut sweep")
+    assert status == 130, out[-3000:]
     assert decisions(results, "cut")[1e-7] == ("interrupted", None), out[-3000:]
     resumed = run_sweep(elsewhere, cut)
     assert resumed.returncode == 1, resumed.stdout[-3000:] + resumed.stderr[-3000:]
