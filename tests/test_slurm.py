@@ -22,7 +22,7 @@ import pytest
 
 from cluster.ray_slurm import alive_nodes
 from cluster.status import running_trials
-from tests.polling import wait_for
+from polling import wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
